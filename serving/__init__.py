@@ -1,0 +1,1 @@
+"""tailrank serving: the gRPC ranking server over Feast features and ONNX Runtime."""

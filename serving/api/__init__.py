@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for protos/ (regenerate with `make protos`; do not edit)."""

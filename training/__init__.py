@@ -1,0 +1,1 @@
+"""tailrank training: data ingestion, features, the fusion CTR model, evaluation, export."""
