@@ -1,0 +1,500 @@
+"""Item and user features for the Feast offline store, from the canonical tables.
+
+Reads ``interactions`` (``--mode serve``: all of them, so the online store reflects the
+latest behaviour) or ``train`` (``--mode eval``: only what precedes the held-out
+interactions), ``items`` and ``users`` from ``--data``; writes ``item_features.parquet``
+and ``user_features.parquet`` (docs/ARCHITECTURE.md section 2) plus a small
+``features_summary.json`` to ``--out``, each atomically. Every row carries the same
+event timestamp: the time of the latest interaction used, so ``feast materialize
+1970-01-01T00:00:00 <now>`` loads every row.
+
+    python -m training.features --data data/movielens-100k --out feature_repo/data
+
+Training imports the pure functions ``item_text``, ``item_statistics``,
+``user_histories`` and ``embed_texts`` so serving and training compute each feature once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from training import schema
+from training.encoder import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CACHE_DIR,
+    EmbedStats,
+    EncoderNotFoundError,
+    embed_texts,
+    encoder_description,
+)
+
+__all__ = [
+    "FeatureStoreUnavailableError",
+    "FeaturesError",
+    "embed_texts",
+    "item_statistics",
+    "item_text",
+    "materialize_repo",
+    "user_histories",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HISTORY_LEN = 50
+# Not yet in training/schema.py (asked of the lead): counts and settings of one build.
+FEATURES_SUMMARY_FILE = schema.FEATURES_SUMMARY_FILE
+# Numeric columns that still describe an item in words ("year: 1995"); other numbers
+# (price, ratings) are features of their own, not text.
+TEXT_NUMERIC_COLUMNS = ("year", "release_year")
+# Text fields in this order when present; any other text columns follow, by name.
+TEXT_ORDER = ("title", "name", "brand", "category", "genres", "year", "description")
+
+
+class FeaturesError(ValueError):
+    """Bad input to the features step; the message says what to fix."""
+
+
+def text_columns(items: pd.DataFrame) -> list[str]:
+    """The items table's text columns: string/object columns (and a year), title first."""
+    found = [
+        c
+        for c in items.columns
+        if c != schema.ITEM_ID
+        and (
+            pd.api.types.is_object_dtype(items[c])
+            or pd.api.types.is_string_dtype(items[c])
+            or isinstance(items[c].dtype, pd.CategoricalDtype)
+            or (c in TEXT_NUMERIC_COLUMNS and pd.api.types.is_numeric_dtype(items[c]))
+        )
+    ]
+    rank = {name: i for i, name in enumerate(TEXT_ORDER)}
+    return sorted(found, key=lambda c: (rank.get(c, len(rank)), c))
+
+
+def _as_text(value: object) -> str:
+    """One field value as text: lists joined by commas, whole floats without '.0'."""
+    if isinstance(value, list | tuple | np.ndarray):
+        return ", ".join(t for t in (_as_text(v) for v in value) if t)
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return ""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def item_text(items: pd.DataFrame) -> pd.Series:
+    """One string per item (indexed by item_id): "field: value" pairs, "" if no text.
+
+    Raises FeaturesError when the table has no text column at all.
+    """
+    columns = text_columns(items)
+    if not columns:
+        raise FeaturesError(
+            f"the items table has no text column (columns: {list(items.columns)}): content "
+            "vectors are built from string columns besides item_id (e.g. title, category, "
+            "brand, description, genres) and a numeric 'year'. Add at least one such column "
+            "to items; items whose text is empty or null then get has_text=0."
+        )
+    parts = [items[c].map(_as_text).map(lambda v, c=c: f"{c}: {v}" if v else "") for c in columns]
+    rows = zip(*(p.tolist() for p in parts), strict=True)
+    joined = ["; ".join(p for p in row if p) for row in rows]
+    index = pd.Index(items[schema.ITEM_ID].astype(str), name=schema.ITEM_ID)
+    return pd.Series(joined, index=index, name="text", dtype=object)
+
+
+def item_statistics(interactions: pd.DataFrame, item_ids: pd.Index | list[str]) -> pd.DataFrame:
+    """interaction_count, popularity_rank (1 = most), is_tail, first_seen per item id.
+
+    Interactions of items outside ``item_ids`` are ignored; ranks break ties by item id.
+    """
+    ids = pd.Index(pd.Index(item_ids).astype(str), name=schema.ITEM_ID)
+    grouped = interactions.groupby(interactions[schema.ITEM_ID].astype(str))
+    counts = grouped.size().reindex(ids, fill_value=0).astype("int64")
+    order = pd.DataFrame({"item": ids, "n": counts.to_numpy()}).sort_values(
+        ["n", "item"], ascending=[False, True], kind="mergesort"
+    )
+    rank = pd.Series(np.arange(1, len(ids) + 1, dtype="int64"), index=order["item"].to_numpy())
+    first_seen = grouped[schema.TIMESTAMP].min().reindex(ids)
+    return pd.DataFrame(
+        {
+            schema.INTERACTION_COUNT: counts,
+            schema.POPULARITY_RANK: rank.reindex(ids).to_numpy(),
+            schema.IS_TAIL: schema.head_tail_flags(counts).astype("int64"),
+            schema.FIRST_SEEN: pd.to_datetime(first_seen, utc=True),
+        },
+        index=ids,
+    )
+
+
+def user_histories(
+    interactions: pd.DataFrame, history_len: int = DEFAULT_HISTORY_LEN
+) -> pd.DataFrame:
+    """history (last ``history_len`` item ids, oldest first) and history_len per user.
+
+    Order is (timestamp, item_id) as in the evaluation split; only users with
+    interactions appear.
+    """
+    if history_len < 1:
+        raise FeaturesError(f"--history-len must be >= 1, got {history_len}")
+    df = interactions[[schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP]].astype(
+        {schema.USER_ID: str, schema.ITEM_ID: str}
+    )
+    df = df.sort_values([schema.USER_ID, schema.TIMESTAMP, schema.ITEM_ID], kind="mergesort")
+    last = df.groupby(schema.USER_ID, sort=True).tail(history_len)
+    users, items = last[schema.USER_ID].to_numpy(), last[schema.ITEM_ID].to_numpy()
+    # rows are grouped by user already: split at each change of user (no per-group Python)
+    change = np.r_[True, users[1:] != users[:-1]] if len(users) else np.zeros(0, bool)
+    starts = np.flatnonzero(change)
+    ends = np.r_[starts[1:], len(users)][: len(starts)]
+    history = [items[a:b].tolist() for a, b in zip(starts, ends, strict=True)]
+    index = pd.Index(users[starts], name=schema.USER_ID)
+    lengths = np.asarray([len(h) for h in history], dtype="int64")
+    return pd.DataFrame({schema.HISTORY: history, schema.HISTORY_LEN: lengths}, index=index)
+
+
+def user_attributes(users: pd.DataFrame) -> pd.Series:
+    """A JSON object of each user's attribute columns (null for missing), by user_id."""
+    attrs = users.drop(columns=[schema.USER_ID])
+    if attrs.shape[1] == 0:
+        lines = ["{}"] * len(users)
+    else:
+        lines = attrs.to_json(orient="records", lines=True, date_format="iso").splitlines()
+    return pd.Series(lines, index=users[schema.USER_ID].astype(str), dtype=object)
+
+
+def feature_time(interactions: pd.DataFrame) -> pd.Timestamp:
+    """The rows' event timestamp: the latest interaction used, never later than now."""
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    if interactions.empty:
+        return now
+    latest = pd.Timestamp(interactions[schema.TIMESTAMP].max())
+    latest = latest.tz_localize("UTC") if latest.tzinfo is None else latest.tz_convert("UTC")
+    if latest > now:
+        log.warning("interactions run to %s, after now: features are stamped %s", latest, now)
+        return now
+    return latest
+
+
+def _read(data_dir: Path, name: str, required: tuple[str, ...]) -> pd.DataFrame:
+    path = data_dir / name
+    if not path.exists():
+        raise FeaturesError(
+            f"{path} not found: build the canonical tables first with "
+            f"`python -m training.data --out {data_dir}`"
+        )
+    df = pd.read_parquet(path)
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise FeaturesError(f"{path} lacks columns {missing} (has {list(df.columns)})")
+    return df
+
+
+def load_tables(data_dir: Path, mode: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(items, users, interactions) for a mode: serve = all interactions, eval = train."""
+    if mode not in ("serve", "eval"):
+        raise FeaturesError(f"--mode must be 'serve' or 'eval', got {mode!r}")
+    name = schema.INTERACTIONS_FILE if mode == "serve" else schema.TRAIN_FILE
+    cols = (schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP)
+    interactions = _read(data_dir, name, cols)
+    items = _read(data_dir, schema.ITEMS_FILE, (schema.ITEM_ID,))
+    if (data_dir / schema.USERS_FILE).exists():
+        users = _read(data_dir, schema.USERS_FILE, (schema.USER_ID,))
+    else:
+        log.warning("%s not found: users come from the interactions only", schema.USERS_FILE)
+        users = pd.DataFrame({schema.USER_ID: pd.Series(dtype=object)})
+    for df, key, name in ((items, schema.ITEM_ID, "items"), (users, schema.USER_ID, "users")):
+        dup = df[key].astype(str).duplicated()
+        if dup.any():
+            raise FeaturesError(
+                f"{name} has duplicate {key}s (e.g. {df[key][dup].iloc[0]!r}): keep one row "
+                "per id (python -m training.data dedupes them)"
+            )
+    # every id that interactions name must have a row (training.data does this already)
+    seen = interactions[schema.USER_ID].astype(str)
+    extra_users = pd.Index(seen.unique()).difference(users[schema.USER_ID].astype(str))
+    extra_items = pd.Index(interactions[schema.ITEM_ID].astype(str).unique()).difference(
+        items[schema.ITEM_ID].astype(str)
+    )
+    if len(extra_users):
+        users = pd.concat([users, pd.DataFrame({schema.USER_ID: extra_users})], ignore_index=True)
+    if len(extra_items):
+        log.warning("%d items appear only in interactions: they get no text", len(extra_items))
+        items = pd.concat([items, pd.DataFrame({schema.ITEM_ID: extra_items})], ignore_index=True)
+    return items, users, interactions
+
+
+def build_item_features(
+    items: pd.DataFrame,
+    interactions: pd.DataFrame,
+    as_of: pd.Timestamp,
+    embed_kwargs: dict,
+    stats: EmbedStats,
+) -> pd.DataFrame:
+    """The item_features table (docs/ARCHITECTURE.md section 2)."""
+    text = item_text(items)
+    vectors = embed_texts(text.tolist(), stats=stats, **embed_kwargs)
+    stat = item_statistics(interactions, text.index)
+    title = items["title"].map(_as_text) if "title" in items.columns else pd.Series("", items.index)
+    return pd.DataFrame(
+        {
+            schema.ITEM_ID: text.index.to_numpy(),
+            schema.EVENT_TIMESTAMP: as_of,
+            schema.CONTENT_VEC: list(vectors),
+            schema.HAS_TEXT: (text.str.len() > 0).astype("int64").to_numpy(),
+            schema.INTERACTION_COUNT: stat[schema.INTERACTION_COUNT].to_numpy(),
+            schema.POPULARITY_RANK: stat[schema.POPULARITY_RANK].to_numpy(),
+            schema.IS_TAIL: stat[schema.IS_TAIL].to_numpy(),
+            schema.FIRST_SEEN: stat[schema.FIRST_SEEN].to_numpy(),
+            schema.TITLE: title.to_numpy(),
+        }
+    )
+
+
+def build_user_features(
+    users: pd.DataFrame, interactions: pd.DataFrame, history_len: int, as_of: pd.Timestamp
+) -> pd.DataFrame:
+    """The user_features table; users without interactions get an empty history."""
+    attrs = user_attributes(users)
+    hist = user_histories(interactions, history_len).reindex(attrs.index)
+    history = hist[schema.HISTORY].map(lambda h: h if isinstance(h, list) else [])
+    return pd.DataFrame(
+        {
+            schema.USER_ID: attrs.index.to_numpy(),
+            schema.EVENT_TIMESTAMP: as_of,
+            schema.HISTORY: history.to_numpy(),
+            schema.HISTORY_LEN: history.map(len).astype("int64").to_numpy(),
+            schema.USER_ATTRIBUTES: attrs.to_numpy(),
+        }
+    )
+
+
+ITEM_ARROW = pa.schema(
+    [
+        (schema.ITEM_ID, pa.string()),
+        (schema.EVENT_TIMESTAMP, pa.timestamp("us", tz="UTC")),
+        (schema.CONTENT_VEC, pa.list_(pa.float32())),
+        (schema.HAS_TEXT, pa.int64()),
+        (schema.INTERACTION_COUNT, pa.int64()),
+        (schema.POPULARITY_RANK, pa.int64()),
+        (schema.IS_TAIL, pa.int64()),
+        (schema.FIRST_SEEN, pa.timestamp("us", tz="UTC")),
+        (schema.TITLE, pa.string()),
+    ]
+)
+USER_ARROW = pa.schema(
+    [
+        (schema.USER_ID, pa.string()),
+        (schema.EVENT_TIMESTAMP, pa.timestamp("us", tz="UTC")),
+        (schema.HISTORY, pa.list_(pa.string())),
+        (schema.HISTORY_LEN, pa.int64()),
+        (schema.USER_ATTRIBUTES, pa.string()),
+    ]
+)
+
+
+def write_outputs(out_dir: Path, tables: dict[str, pa.Table], summary: dict) -> None:
+    """Write every file to a temp name first, then rename them all into place."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, table in tables.items():
+            tmp = out_dir / f".{name}.{os.getpid()}.tmp"
+            pq.write_table(table, tmp)
+            staged.append((tmp, out_dir / name))
+        tmp = out_dir / f".{FEATURES_SUMMARY_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        staged.append((tmp, out_dir / FEATURES_SUMMARY_FILE))
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, final in staged:
+        os.replace(tmp, final)
+
+
+def build_features(
+    data_dir: Path,
+    out_dir: Path,
+    mode: str = "serve",
+    history_len: int = DEFAULT_HISTORY_LEN,
+    encoder: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    cache_dir: Path | None = DEFAULT_CACHE_DIR,
+) -> dict:
+    """Run the whole features step; return the summary written beside the parquet files."""
+    items, users, interactions = load_tables(Path(data_dir), mode)
+    item_text(items.head(0))  # fail on a text-less items table before any slow work
+    if history_len < 1:
+        raise FeaturesError(f"--history-len must be >= 1, got {history_len}")
+    encoder_info = encoder_description(encoder)  # fails early on a bad --encoder path
+    as_of = feature_time(interactions)
+    stats = EmbedStats()
+    embed = {"model_path": encoder, "cache_dir": cache_dir, "batch_size": batch_size}
+    item_df = build_item_features(items, interactions, as_of, embed, stats)
+    user_df = build_user_features(users, interactions, history_len, as_of)
+    summary = {
+        "mode": mode,
+        "data": str(data_dir),
+        "event_timestamp": as_of.isoformat(),
+        "history_len": history_len,
+        "encoder": encoder_info,
+        "content_dim": int(len(item_df[schema.CONTENT_VEC].iloc[0])) if len(item_df) else 0,
+        "items": len(item_df),
+        "items_without_text": int((item_df[schema.HAS_TEXT] == 0).sum()),
+        "users": len(user_df),
+        "interactions": len(interactions),
+        "texts_encoded": stats.encoded,
+        "texts_cached": stats.cached,
+    }
+    tables = {
+        schema.ITEM_FEATURES_FILE: pa.Table.from_pandas(item_df, ITEM_ARROW, preserve_index=False),
+        schema.USER_FEATURES_FILE: pa.Table.from_pandas(user_df, USER_ARROW, preserve_index=False),
+    }
+    write_outputs(Path(out_dir), tables, summary)
+    return summary
+
+
+# --- Feast: apply the repo's definitions and materialize every row -------------------
+class FeatureStoreUnavailableError(RuntimeError):
+    """The configured online store or registry cannot be reached; nothing was written."""
+
+
+def repo_config(repo: Path, fs_yaml: Path | None = None):  # -> feast RepoConfig
+    """Load the repo's config: ``fs_yaml``, else $FEAST_FS_YAML_FILE_PATH, else the default."""
+    from feast.repo_config import load_repo_config
+    from feast.utils import get_default_yaml_file_path
+
+    yaml_path = Path(fs_yaml) if fs_yaml else get_default_yaml_file_path(Path(repo))
+    lines = [ln for ln in yaml_path.read_text().splitlines() if not ln.lstrip().startswith("#")]
+    unset = sorted(set(re.findall(r"\$\{(\w+)\}", os.path.expandvars("\n".join(lines)))))
+    if unset:
+        raise FeaturesError(f"{yaml_path} reads environment variables that are not set: {unset}")
+    return load_repo_config(Path(repo).resolve(), yaml_path)
+
+
+def check_store_reachable(config, timeout_s: int = 5) -> None:
+    """Connect once to a PostgreSQL online store / SQL registry; raise a clear error if down."""
+    targets: list[tuple[str, str, dict]] = []
+    online = config.online_store
+    if getattr(online, "type", None) == "postgres":
+        url = f"postgresql+psycopg://{online.user}@{online.host}:{online.port}/{online.database}"
+        args = {"password": online.password, "sslmode": online.sslmode or "prefer"}
+        targets.append(("online store", url, args))
+    registry_path = getattr(config.registry, "path", "")
+    if getattr(config.registry, "registry_type", "file") == "sql":
+        targets.append(("SQL registry", registry_path, {}))
+    import sqlalchemy as sa
+
+    for what, url, args in targets:
+        engine = sa.create_engine(url, connect_args={"connect_timeout": timeout_s, **args})
+        try:
+            with engine.connect():
+                pass
+        except sa.exc.SQLAlchemyError as exc:
+            where = sa.engine.make_url(url).render_as_string(hide_password=True)
+            raise FeatureStoreUnavailableError(
+                f"the Feast {what} at {where} is unreachable ({getattr(exc, 'orig', exc)}). "
+                "Start PostgreSQL or fix TAILRANK_PG_* in the environment; unset "
+                "FEAST_FS_YAML_FILE_PATH to use the default SQLite store."
+            ) from exc
+        finally:
+            engine.dispose()
+
+
+def load_definitions(repo: Path) -> list:
+    """Every Feast object defined in the repo's top-level ``*.py`` files (no sys.path edits)."""
+    from feast import Entity, FeatureService, FeatureView
+    from feast.data_source import DataSource
+
+    kinds = (Entity, DataSource, FeatureView, FeatureService)
+    objects: list = []
+    for file in sorted(Path(repo).glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"_tailrank_repo_{file.stem}", file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        objects += [v for v in vars(module).values() if isinstance(v, kinds)]
+    return objects
+
+
+def materialize_repo(repo: Path, fs_yaml: Path | None = None, end: datetime | None = None):
+    """``feast apply`` + ``feast materialize 1970-01-01 <end|now>`` for a repo; return the store.
+
+    Raises FeatureStoreUnavailableError before writing anything if PostgreSQL is down.
+    """
+    from feast import FeatureStore
+
+    config = repo_config(repo, fs_yaml)
+    check_store_reachable(config)
+    store = FeatureStore(repo_path=str(Path(repo).resolve()), config=config)
+    store.apply(load_definitions(repo))
+    end = end or datetime.now(UTC) + timedelta(seconds=1)
+    store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC), end_date=end)
+    return store
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m training.features", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--data", type=Path, required=True, help="canonical tables (training.data)")
+    p.add_argument("--out", type=Path, default=Path("feature_repo/data"), help="output folder")
+    p.add_argument(
+        "--mode",
+        choices=("serve", "eval"),
+        default="serve",
+        help="serve: all interactions; eval: train split only",
+    )
+    p.add_argument(
+        "--history-len", type=int, default=DEFAULT_HISTORY_LEN, help="last N items kept per user"
+    )
+    p.add_argument(
+        "--encoder",
+        default=None,
+        help="sentence-transformers model directory (default: all-MiniLM-L6-v2)",
+    )
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="encoder batch")
+    p.add_argument(
+        "--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="embedding cache folder"
+    )
+    p.add_argument(
+        "--materialize",
+        type=Path,
+        default=None,
+        metavar="REPO",
+        help="then feast apply + materialize this repo (its data must be --out)",
+    )
+    p.add_argument("--log-level", default="INFO", help="logging level")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = build_features(
+            args.data, args.out, args.mode, args.history_len, args.encoder,
+            args.batch_size, args.cache_dir,
+        )  # fmt: skip
+        if args.materialize is not None:
+            materialize_repo(args.materialize)
+    except (FeaturesError, EncoderNotFoundError, FeatureStoreUnavailableError) as exc:
+        log.error("%s", exc)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
