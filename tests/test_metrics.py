@@ -1,0 +1,168 @@
+"""Metrics on hand-worked cases (training/metrics.py). Run: pytest tests/test_metrics.py"""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from training.metrics import (
+    RankingAccumulator,
+    ctr_metrics,
+    evaluate_scorer,
+    gini,
+    set_metrics_at_k,
+)
+
+# 3 users x 5 items, K = 2. Item 0 is the only head item (top 20% of 5 by train count).
+TRAIN_COUNTS = np.array([10, 8, 3, 1, 0])
+IS_TAIL = np.array([0, 1, 1, 1, 1])
+SCORES = np.array(
+    [
+        [0.9, 0.1, 0.5, 0.3, 0.2],  # item 0 excluded; target 2 ranks 0; list {2, 3}
+        [0.8, 0.3, 0.6, 0.7, 0.1],  # item 2 excluded; target 3 ranks 1; list {0, 3}
+        [0.6, 0.6, 0.6, 0.2, 0.9],  # item 4 excluded; target 0 ties 1, 2 -> rank 2; list {1, 2}
+    ]
+)
+TARGETS = np.array([2, 3, 0])
+EXCLUDE = sp.csr_matrix(([True, True, True], ([0, 1, 2], [0, 2, 4])), shape=(3, 5))
+
+
+def _worked() -> dict[str, float]:
+    acc = RankingAccumulator(TRAIN_COUNTS, IS_TAIL, k=2)
+    acc.add(SCORES, TARGETS, EXCLUDE)
+    return acc.result()
+
+
+def test_hand_worked_example_accuracy() -> None:
+    r = _worked()
+    assert r["HR@2"] == pytest.approx(2 / 3)
+    assert r["NDCG@2"] == pytest.approx((1 + 1 / math.log2(3)) / 3)
+    assert r["MRR@2"] == pytest.approx((1 + 1 / 2) / 3)
+    assert r["TailHR@2"] == pytest.approx(1.0)  # targets 2 and 3 are tail, both hit
+    assert r["HeadHR@2"] == pytest.approx(0.0)  # target 0 is head, lost its tie
+    assert (r["n_users"], r["n_tail_cases"], r["n_head_cases"]) == (3, 2, 1)
+
+
+def test_hand_worked_example_exposure() -> None:
+    r = _worked()
+    assert r["APLT@2"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert r["Coverage@2"] == pytest.approx(4 / 5)  # item 4 is never recommended
+    assert r["Gini@2"] == pytest.approx(1 / 3)  # exposure [1, 1, 2, 2, 0]
+    assert r["ARP@2"] == pytest.approx(((3 + 1) / 2 + (10 + 1) / 2 + (8 + 3) / 2) / 3)
+
+
+def test_ties_go_against_the_target() -> None:
+    acc = RankingAccumulator(np.ones(20), np.zeros(20), k=10)
+    acc.add(np.zeros((4, 20)), np.array([0, 5, 10, 19]), sp.csr_matrix((4, 20), dtype=bool))
+    r = acc.result()
+    assert r["HR@10"] == 0.0  # a constant scorer never hits
+    # tied lists fill by item index, skipping the target: targets 0 and 5 pull in item 10
+    assert r["Coverage@10"] == pytest.approx(11 / 20)
+    assert acc.exposure[:11].tolist() == [3, 4, 4, 4, 4, 3, 4, 4, 4, 4, 2]
+
+
+def test_exclusion_mask_removes_items_before_ranking() -> None:
+    scores = np.array([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    open_ = RankingAccumulator(np.ones(5), np.ones(5), k=1)
+    open_.add(scores, np.array([2]), sp.csr_matrix((1, 5), dtype=bool))
+    masked = RankingAccumulator(np.ones(5), np.ones(5), k=1)
+    masked.add(scores, np.array([2]), sp.csr_matrix(np.array([[1, 1, 0, 0, 0]], dtype=bool)))
+    assert open_.result()["HR@1"] == 0.0
+    assert masked.result()["HR@1"] == 1.0
+    assert masked.exposure.tolist() == [0, 0, 1, 0, 0]  # excluded items never listed
+
+
+def test_target_inside_its_mask_stays_rankable_and_is_counted() -> None:
+    acc = RankingAccumulator(np.ones(3), np.ones(3), k=1)
+    acc.add(np.array([[0.1, 0.9, 0.2]]), np.array([1]), sp.csr_matrix(np.eye(3, dtype=bool)[1:2]))
+    r = acc.result()
+    assert r["HR@1"] == 1.0
+    assert r["n_target_excluded"] == 1.0
+
+
+def test_nan_scores_rank_last_and_are_counted() -> None:
+    acc = RankingAccumulator(np.ones(4), np.ones(4), k=2)
+    scores = np.array([[np.nan, 0.5, 0.1, 0.2], [0.3, np.nan, 0.2, 0.1]])
+    acc.add(scores, np.array([3, 1]), sp.csr_matrix((2, 4), dtype=bool))
+    r = acc.result()
+    assert r["HR@2"] == pytest.approx(0.5)  # user 0 hits at rank 1; user 1's NaN target misses
+    assert r["n_nan_scores"] == 2.0
+    assert acc.exposure.tolist() == [1, 1, 1, 1]  # user 0: {1, 3}; user 1: {0, 2}
+    assert math.isnan(r["HeadHR@2"])  # no head case: undefined, not 0
+    assert all(math.isfinite(v) for key, v in r.items() if key != "HeadHR@2")
+
+
+def test_short_catalogue_lists_every_valid_item() -> None:
+    acc = RankingAccumulator(np.array([3, 2, 1]), np.array([0, 1, 1]), k=10)
+    acc.add(np.array([[0.3, 0.2, 0.1]]), np.array([2]), sp.csr_matrix(np.array([[1, 0, 0]])))
+    r = acc.result()
+    assert r["HR@10"] == 1.0
+    assert r["APLT@10"] == pytest.approx(1.0)  # list {1, 2}, both tail
+    assert r["ARP@10"] == pytest.approx(1.5)
+
+
+def test_chunked_add_equals_one_shot() -> None:
+    rng = np.random.default_rng(0)
+    n_users, n_items = 57, 40
+    counts = rng.integers(0, 50, n_items)
+    tail = (rng.random(n_items) < 0.7).astype(int)
+    scores = rng.random((n_users, n_items)).round(1)  # rounding makes ties frequent
+    scores[rng.random(scores.shape) < 0.02] = np.nan
+    targets = rng.integers(0, n_items, n_users)
+    exclude = sp.random(n_users, n_items, density=0.2, random_state=1, format="csr") > 0
+    one = RankingAccumulator(counts, tail, k=5)
+    one.add(scores, targets, exclude)
+    chunked = RankingAccumulator(counts, tail, k=5)
+    for start in range(0, n_users, 10):
+        sl = slice(start, start + 10)
+        chunked.add(scores[sl], targets[sl], exclude[sl])
+    a, b = one.result(), chunked.result()
+    c = evaluate_scorer(
+        lambda u: scores[u], np.arange(n_users), targets, exclude, counts, tail, 5, 8
+    )
+    assert a.keys() == b.keys()
+    for key in a:
+        assert b[key] == pytest.approx(a[key]), key
+        assert c[key] == pytest.approx(a[key]), key
+
+
+def test_gini_of_equal_and_single_item_exposure() -> None:
+    assert gini(np.full(8, 3)) == pytest.approx(0.0)
+    assert gini(np.array([0, 0, 0, 0, 12])) == pytest.approx(4 / 5)
+    assert gini(np.zeros(5)) == 0.0
+
+
+def test_bad_shapes_fail_with_a_message() -> None:
+    acc = RankingAccumulator(np.ones(5), np.ones(5))
+    with pytest.raises(ValueError, match="one column per catalogue item"):
+        acc.add(np.zeros((2, 4)), np.array([0, 1]), sp.csr_matrix((2, 4)))
+    with pytest.raises(ValueError, match="targets must be item columns"):
+        acc.add(np.zeros((1, 5)), np.array([7]), sp.csr_matrix((1, 5)))
+    with pytest.raises(ValueError, match="one entry per item"):
+        RankingAccumulator(np.ones(5), np.ones(4))
+
+
+def test_ctr_metrics_hand_worked() -> None:
+    r = ctr_metrics(np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.4, 0.4]))
+    assert r["AUC"] == pytest.approx(3.5 / 4)  # 3 wins and one tie out of 4 pairs
+    expected = -(math.log(0.9) + math.log(0.9) + math.log(0.4) + math.log(0.6)) / 4
+    assert r["LogLoss"] == pytest.approx(expected)
+    clipped = ctr_metrics(np.array([1, 0]), np.array([0.0, 1.0]))
+    assert math.isfinite(clipped["LogLoss"]) and clipped["AUC"] == 0.0
+    assert math.isnan(ctr_metrics(np.array([1, 1]), np.array([0.2, 0.3]))["AUC"])
+    with pytest.raises(ValueError, match="NaN"):
+        ctr_metrics(np.array([1, 0]), np.array([np.nan, 0.3]))
+
+
+def test_set_metrics_hand_worked() -> None:
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5], [0.5, 0.5, 0.5, 0.5, 0.5]])
+    exclude = sp.csr_matrix(np.array([[1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=bool))
+    targets = [np.array([1, 4]), np.array([0, 1, 2])]
+    r = set_metrics_at_k(scores, targets, exclude, k=2)
+    # user 0: list {1, 2}, one hit: P = 1/2, R = 1/2, F1 = 1/2.
+    # user 1: all tied, so the list is the two non-targets {3, 4}: no hit.
+    assert r["Precision@2"] == pytest.approx(0.25)
+    assert r["Recall@2"] == pytest.approx(0.25)
+    assert r["F1@2"] == pytest.approx(0.25)
+    assert r["n_users"] == 2.0

@@ -1,0 +1,160 @@
+"""Typed configuration of a tailrank training run.
+
+`TrainConfig` holds every knob of the fusion model and its training loop with a commented
+default. `python -m training.train` turns each field into a `--flag` (underscores become
+dashes), and the resolved config is saved as `config.json` beside every checkpoint and
+ONNX file, so a run can always be reproduced and loaded without guessing::
+
+    python -m training.train --data data/movielens-100k --features feature_repo/data \\
+        --mode eval --out artifacts/ml --embedding-dim 64 --sampler uniform
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+VOCAB_FILE = "vocab.json"  # {"users": [...], "items": [...]}; index = position + 1
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; defaults are the ones tuned on MovieLens-100K."""
+
+    # --- data -------------------------------------------------------------------------
+    mode: str = "eval"  # eval: train on train, stop on valid; deploy: train on train+valid
+    history_len: int = 50  # last N items of a user's history fed to attention
+    cold_items: float = 0.0  # share of catalogue items hidden from training (ColdHR runs)
+    # --- model ------------------------------------------------------------------------
+    embedding_dim: int = 32  # width d of ID embeddings and of the content projection
+    content_dim: int = 384  # C, set from the content vectors (384 for all-MiniLM-L6-v2)
+    attention_dim: int = 16  # hidden width of the DIN attention scorer
+    attention_rank: int = 8  # rank of the candidate x history product in the scorer
+    recency: bool = True  # attention keys carry a learned position-from-newest vector
+    mlp_dims: list[int] = field(default_factory=lambda: [64, 32])  # fusion MLP widths
+    dropout: float = 0.1  # dropout inside the fusion MLP
+    id_dropout: float = 0.15  # chance an item ID is replaced by the unknown row in training
+    user_dropout: float = 0.05  # chance a user ID is replaced by the unknown row in training
+    # --- negatives and loss -----------------------------------------------------------
+    negatives: int = 4  # sampled negatives per positive
+    sampler: str = "uniform"  # uniform | popularity (q(i) ~ count^pop_alpha)
+    pop_alpha: float = 0.75  # popularity sampler exponent
+    logq_weight: float = 1.0  # strength of the log-Q correction for the popularity sampler
+    # --- optimisation -----------------------------------------------------------------
+    batch_size: int = 1024  # positives per step (each with `negatives` negatives)
+    lr: float = 3e-3  # Adam learning rate
+    weight_decay: float = 0.0  # Adam weight decay on dense layers
+    embedding_l2: float = 1e-6  # L2 on the embedding rows a batch touches
+    epochs: int = 12  # upper bound; early stopping usually ends sooner
+    patience: int = 3  # epochs without a better validation NDCG@10 before stopping
+    eval_every: int = 1  # validate every this many epochs
+    max_steps_per_epoch: int = 0  # 0 = a full pass over the training interactions
+    seed: int = 42  # seeds numpy, torch and the sampler
+    device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda
+    num_threads: int = 0  # torch CPU threads (0 = torch's default; 1 helps on busy machines)
+    # --- evaluation -------------------------------------------------------------------
+    k: int = 10  # cut-off of every ranking metric
+    eval_batch_users: int = 16  # users scored together in full ranking
+    valid_users: int = 200  # early-stop on this many seeded users (0 = all; full ranking is costly)
+    run_evaluation: bool = True  # eval mode: run training.evaluate at the end
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad field and what to use instead."""
+        checks = [
+            (self.mode in ("eval", "deploy"), "mode must be 'eval' or 'deploy'"),
+            (self.sampler in ("uniform", "popularity"), "sampler must be uniform|popularity"),
+            (self.history_len >= 1, "history_len must be >= 1"),
+            (0.0 <= self.cold_items < 1.0, "cold_items must be in [0, 1)"),
+            (0.0 <= self.id_dropout < 1.0, "id_dropout must be in [0, 1)"),
+            (self.negatives >= 1, "negatives must be >= 1"),
+            (self.embedding_dim >= 1 and self.batch_size >= 1, "sizes must be positive"),
+            (self.device in ("auto", "cpu", "cuda"), "device must be auto|cpu|cuda"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"invalid training config: {message}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build a config, refusing unknown keys (a typo must not be silently ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
+
+    def save(self, run_dir: Path) -> Path:
+        return write_json_atomic(Path(run_dir) / CONFIG_FILE, self.to_dict())
+
+    @classmethod
+    def load(cls, run_dir: Path) -> TrainConfig:
+        path = Path(run_dir) / CONFIG_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: is {run_dir} a training run directory?")
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one `--flag` per TrainConfig field, defaulting to None (= keep the default)."""
+    group = parser.add_argument_group("config overrides (see training/config.py)")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(TrainConfig(), f.name)
+        if isinstance(default, bool):
+            group.add_argument(flag, type=_parse_bool, default=None, help=f"default {default}")
+        elif isinstance(default, list):
+            group.add_argument(flag, type=int, nargs="+", default=None, help=f"default {default}")
+        else:
+            kind = type(default)
+            group.add_argument(flag, type=kind, default=None, help=f"default {default}")
+
+
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """Apply the CLI overrides that were given on top of `base` (or the defaults)."""
+    values = (base or TrainConfig()).to_dict()
+    for name in values:
+        given = getattr(args, name, None)
+        if given is not None:
+            values[name] = given
+    config = TrainConfig.from_dict(values)
+    config.validate()
+    return config
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def write_json_atomic(path: Path, payload: Any) -> Path:
+    """Write JSON to a temp file in the same folder, then rename it into place."""
+    return write_bytes_atomic(Path(path), (json.dumps(payload, indent=2) + "\n").encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write bytes atomically: a crash leaves either the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

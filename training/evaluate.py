@@ -1,0 +1,329 @@
+"""Evaluate a trained run and the baselines on the same split (DESIGN.md protocol).
+
+Run::
+
+    python -m training.evaluate --run artifacts/movielens-100k [--cold-items 0.1]
+
+(an eval-mode `python -m training.train` runs this at its end). Ranking is over ALL
+catalogue items (items without training interactions are scored through the unknown row
+plus their content) minus each user's train and validation items. The baselines of
+`training.baselines` are fitted on the same [all users, all catalogue items] train matrix.
+Reported per model at K: HR, NDCG, MRR, TailHR, HeadHR, APLT, Coverage, Gini, ARP
+(`training.metrics.RankingAccumulator`); AUC and LogLoss on the test positives against
+`negatives` uniformly drawn unseen items each (models with a probability output);
+Precision/Recall/F1@K on {validation, test} items, excluding train items only.
+
+`--cold-items F` also trains a copy of the run with a seeded F share of catalogue items
+hidden from training (into <run>/cold-items-F/) and reports ColdHR@K, the HR over test
+cases whose target is a hidden item. Writes metrics.json, metrics.md and metrics.png
+(accuracy against tail exposure) beside the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.special import expit
+
+from training import dataset as ds
+from training.baselines import default_baselines
+from training.config import TrainConfig, write_bytes_atomic, write_json_atomic
+from training.metrics import RankingAccumulator, ctr_metrics, set_metrics_at_k
+from training.train import pick_device, score_users
+
+log = logging.getLogger(__name__)
+FUSION = "FusionCTR"
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+def load_for_evaluation(run_dir: Path) -> tuple[torch.nn.Module, dict, ds.TrainingData]:
+    """The run's model (via the export loader's checks), payload and training data."""
+    from training.export import load_run
+
+    model, payload, _ = load_run(run_dir)
+    config = TrainConfig.from_dict(payload["config"])
+    data = ds.load_training_data(
+        Path(payload["data_dir"]),
+        Path(payload["features_dir"]),
+        config.mode,
+        config.history_len,
+        config.cold_items,
+        config.seed,
+    )
+    return model, payload, data
+
+
+def ctr_pairs(data: ds.TrainingData, holdout: ds.Holdout, negatives: int, seed: int):
+    """Per test case: its target and `negatives` uniformly drawn non-excluded items."""
+    rng = np.random.default_rng(seed)
+    items = np.empty((len(holdout.users), negatives + 1), dtype=np.int64)
+    for row, user in enumerate(holdout.users):
+        seen = set(holdout.exclude[user].indices.tolist()) | {int(holdout.items[row])}
+        draws = rng.integers(0, data.n_catalogue, size=4 * negatives + 16)
+        pool = [int(i) for i in draws if int(i) not in seen][:negatives]
+        pool += [int(holdout.items[row])] * (negatives - len(pool))  # tiny catalogues only
+        items[row] = [holdout.items[row], *pool]
+    labels = np.zeros(items.shape, dtype=np.float64)
+    labels[:, 0] = 1.0
+    return items, labels
+
+
+def evaluate_scorer(
+    score: Scorer,
+    data: ds.TrainingData,
+    holdout: ds.Holdout,
+    config: TrainConfig,
+    proba: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
+) -> dict[str, float]:
+    """All protocol metrics of one scorer on one holdout."""
+    k, chunk = config.k, config.eval_batch_users
+    acc = RankingAccumulator(data.train_counts, data.is_tail, k=k)
+    pair_items, pair_labels = ctr_pairs(data, holdout, config.negatives, config.seed)
+    valid_item = dict(zip(data.valid.users.tolist(), data.valid.items.tolist(), strict=True))
+    cold_hits, cold_cases, set_sums, set_users, probs = 0, 0, {}, 0, []
+    for start in range(0, len(holdout.users), chunk):
+        rows = np.arange(start, min(start + chunk, len(holdout.users)))
+        users, targets = holdout.users[rows], holdout.items[rows]
+        scores = np.asarray(score(users), dtype=np.float32)
+        acc.add(scores, targets, holdout.exclude[users])
+        cold = data.hidden_items[targets]
+        cold_cases += int(cold.sum())
+        cold_hits += int((_ranks(scores, targets, holdout.exclude[users]) < k)[cold].sum())
+        if proba is not None:
+            probs.append(proba(np.repeat(users, pair_items.shape[1]), pair_items[rows].ravel()))
+        if data.test is not None and holdout is data.test:
+            sets = [np.array([valid_item[u], t]) for u, t in zip(users, targets, strict=True)]
+            exclude = data.valid.exclude[users]  # train items only
+            for name, value in set_metrics_at_k(scores, sets, exclude, k=k).items():
+                if name.endswith(f"@{k}"):  # averages only; counts would be scaled wrongly
+                    set_sums[name] = set_sums.get(name, 0.0) + value * len(rows)
+            set_users += len(rows)
+    result = acc.result()
+    result.update({name: total / set_users for name, total in set_sums.items()})
+    if set_users:
+        result["n_set_users"] = float(set_users)
+    if data.hidden_items.any():
+        result[f"ColdHR@{k}"] = cold_hits / cold_cases if cold_cases else float("nan")
+        result["n_cold_cases"] = float(cold_cases)
+    if proba is not None:
+        result.update(ctr_metrics(pair_labels.ravel(), np.concatenate(probs)))
+    return result
+
+
+def _ranks(scores: np.ndarray, targets: np.ndarray, exclude) -> np.ndarray:
+    """0-based rank of each target, ties against it (as in training.metrics)."""
+    rows = np.arange(len(targets))
+    valid = ~exclude.toarray().astype(bool)
+    valid[rows, targets] = True
+    s = np.where(np.isnan(scores), -np.inf, scores)
+    return (valid & (s >= s[rows, targets][:, None])).sum(axis=1) - 1
+
+
+def fusion_scorers(model, data: ds.TrainingData, config: TrainConfig):
+    """Full-ranking scorer and pairwise probability function of the fusion model."""
+    device = pick_device(config.device)
+    model = model.to(device)
+
+    def score(users: np.ndarray) -> np.ndarray:
+        return score_users(model, data, users, device)
+
+    @torch.no_grad()
+    def proba(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Pairs come as each user repeated M times with its M items (evaluate_scorer)."""
+        m = config.negatives + 1
+        user, cand = users[::m], items.reshape(-1, m)
+        side = ds.user_side(data, user, data.histories[user]) | ds.item_side(data, cand)
+        logits = model.score(**{k: v.to(device) for k, v in side.items()})
+        return expit(logits.float().cpu().numpy().ravel())
+
+    return score, proba
+
+
+def evaluate_models(model, data: ds.TrainingData, config: TrainConfig) -> dict[str, dict]:
+    """The fusion model and every baseline, on the test split (valid in deploy mode)."""
+    holdout = data.test if data.test is not None else data.valid
+    results: dict[str, dict] = {}
+    started = time.perf_counter()
+    score, proba = fusion_scorers(model, data, config)
+    results[FUSION] = evaluate_scorer(score, data, holdout, config, proba)
+    results[FUSION]["eval_seconds"] = round(time.perf_counter() - started, 2)
+    train, content = data.train_matrix(), data.content[:-1]
+    for baseline in default_baselines(seed=config.seed):
+        started = time.perf_counter()
+        baseline.fit(train, content)
+        fit_seconds = time.perf_counter() - started
+        proba = getattr(baseline, "predict_proba", None)
+        results[baseline.name] = evaluate_scorer(baseline.score, data, holdout, config, proba)
+        results[baseline.name]["fit_seconds"] = round(fit_seconds, 2)
+        log.info("%s: %s", baseline.name, _brief(results[baseline.name], config.k))
+    log.info("%s: %s", FUSION, _brief(results[FUSION], config.k))
+    return results
+
+
+def _brief(metrics: dict, k: int) -> str:
+    names = (f"HR@{k}", f"NDCG@{k}", f"TailHR@{k}", f"ColdHR@{k}")
+    return " ".join(f"{n} {metrics[n]:.4f}" for n in names if n in metrics)
+
+
+def write_reports(run_dir: Path, report: dict) -> None:
+    """metrics.json, metrics.md and metrics.png beside the model (each atomically)."""
+    write_json_atomic(run_dir / "metrics.json", report)
+    write_bytes_atomic(run_dir / "metrics.md", markdown_table(report).encode())
+    write_bytes_atomic(run_dir / "metrics.png", tail_plot(report))
+
+
+def markdown_table(report: dict) -> str:
+    """One row per model, one column per metric."""
+    k = report["k"]
+    names = ["HR", "NDCG", "MRR", "TailHR", "HeadHR", "APLT", "Coverage", "Gini", "ARP"]
+    names += ["Precision", "Recall", "F1", "ColdHR"]
+    columns = [f"{n}@{k}" for n in names] + ["AUC", "LogLoss"]
+    present = [c for c in columns if any(c in m for m in report["models"].values())]
+    lines = [
+        f"# Evaluation of {report['run']} ({report['split']} split, mode {report['mode']})",
+        "",
+        f"{report['n_cases']} test cases, {report['n_items']} catalogue items, full ranking.",
+        "",
+        "| model | " + " | ".join(present) + " |",
+        "| --- |" + " ---: |" * len(present),
+    ]
+    for name, metrics in report["models"].items():
+        cells = [_cell(metrics.get(c)) for c in present]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "-"
+    return f"{value:.1f}" if abs(value) >= 100 else f"{value:.4f}"
+
+
+def tail_plot(report: dict) -> bytes:
+    """PNG: NDCG@K against APLT@K and HR@K against TailHR@K, one point per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    k = report["k"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    pairs = ((f"APLT@{k}", f"NDCG@{k}"), (f"TailHR@{k}", f"HR@{k}"))
+    for ax, (x, y) in zip(axes, pairs, strict=True):
+        for name, m in report["models"].items():
+            ax.scatter(m.get(x, np.nan), m.get(y, np.nan), s=40)
+            ax.annotate(name, (m.get(x, np.nan), m.get(y, np.nan)), fontsize=8)
+        ax.set_xlabel(f"{x} (tail exposure)" if "APLT" in x else f"{x} (tail accuracy)")
+        ax.set_ylabel(y)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{report['run']}: accuracy vs long tail ({report['split']} split)")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def cold_item_run(run_dir: Path, payload: dict, fraction: float) -> dict:
+    """Train a copy of the run with `fraction` of items hidden; evaluate it fully."""
+    from training.train import train
+
+    config = TrainConfig.from_dict(payload["config"])
+    config.cold_items, config.run_evaluation, config.mode = fraction, False, "eval"
+    cold_dir = run_dir / f"cold-items-{fraction:g}"
+    train(config, Path(payload["data_dir"]), Path(payload["features_dir"]), cold_dir)
+    return evaluate_run(cold_dir)
+
+
+def evaluate_run(run_dir: Path, cold_items: float = 0.0) -> dict:
+    """Evaluate a run (and optionally a cold-item copy); write and return the report."""
+    model, payload, data = load_for_evaluation(run_dir)
+    config = TrainConfig.from_dict(payload["config"])
+    holdout = data.test if data.test is not None else data.valid
+    report = {
+        "run": run_dir.name,
+        "mode": config.mode,
+        "split": "test" if data.test is not None else "test (deploy early-stopping holdout)",
+        "k": config.k,
+        "n_cases": len(holdout.users),
+        "n_items": data.n_catalogue,
+        "n_tail_items": int(data.is_tail.sum()),
+        "cold_items": config.cold_items,
+        "models": evaluate_models(model, data, config),
+    }
+    if cold_items > 0:
+        cold = cold_item_run(run_dir, payload, cold_items)
+        report["cold_run"] = {
+            "fraction": cold_items,
+            "dir": f"cold-items-{cold_items:g}",
+            "models": {
+                name: {m: v for m, v in metrics.items() if m.split("@")[0] in _COLD_KEYS}
+                for name, metrics in cold["models"].items()
+            },
+        }
+    write_reports(run_dir, report)
+    return report
+
+
+_COLD_KEYS = ("ColdHR", "HR", "NDCG", "TailHR", "n_cold_cases")
+
+
+def quantization_report(run_dir: Path, fp32: Path, int8: Path, max_users: int = 2000) -> dict:
+    """Ranking metrics of the fp32 and int8 ONNX graphs on the run's holdout."""
+    import onnxruntime as ort
+
+    _, payload, data = load_for_evaluation(run_dir)
+    config = TrainConfig.from_dict(payload["config"])
+    holdout = data.test if data.test is not None else data.valid
+    out: dict = {"users": min(len(holdout.users), max_users)}
+    for label, path in (("fp32", fp32), ("int8", int8)):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        acc = RankingAccumulator(data.train_counts, data.is_tail, k=config.k)
+        for start in range(0, out["users"], config.eval_batch_users):
+            rows = np.arange(start, min(start + config.eval_batch_users, out["users"]))
+            users = holdout.users[rows]
+            scores = np.vstack(
+                [_onnx_scores(session, data, users[i : i + 1]) for i in range(len(users))]
+            )
+            acc.add(scores, holdout.items[rows], holdout.exclude[users])
+        result = acc.result()
+        out[label] = {n: result[f"{n}@{config.k}"] for n in ("HR", "NDCG", "TailHR")}
+        out[f"{label}_bytes"] = path.stat().st_size
+    out["delta"] = {n: out["int8"][n] - out["fp32"][n] for n in out["fp32"]}
+    return out
+
+
+def _onnx_scores(session, data: ds.TrainingData, user: np.ndarray) -> np.ndarray:
+    """One ONNX Runtime run over the whole catalogue for one user (the serving contract)."""
+    hist = data.histories[user]
+    real = hist[hist != data.pad][None, :]
+    hist = real if real.size else hist[:, -1:]
+    side = ds.user_side(data, user, hist) | ds.item_side(data, np.arange(data.n_catalogue))
+    feeds = {k: v.numpy() for k, v in side.items()}
+    return session.run(["logit"], feeds)[0][None, :]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="run dir with checkpoint.pt")
+    parser.add_argument(
+        "--cold-items", type=float, default=0.0, help="also train/evaluate with this share hidden"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if not 0.0 <= args.cold_items < 1.0:
+        parser.error("--cold-items must be in [0, 1)")
+    report = evaluate_run(args.run, args.cold_items)
+    print(json.dumps({name: _brief(m, report["k"]) for name, m in report["models"].items()}))
+
+
+if __name__ == "__main__":
+    main()

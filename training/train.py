@@ -1,0 +1,281 @@
+"""Train the fusion CTR model: negative sampling, early stopping on validation NDCG@10.
+
+Run::
+
+    python -m training.train --data data/movielens-100k --features feature_repo/data \\
+        --mode deploy --out artifacts/movielens-100k [--epochs 20 --sampler uniform ...]
+
+Every training interaction (u, i at time t) is a positive whose history is the user's
+items before t (causal, last `history_len`); it gets `negatives` sampled items:
+
+- `uniform`: negatives drawn uniformly from the item vocabulary;
+- `popularity`: drawn with q(j) ~ count(j)^pop_alpha. Popular items then appear as
+  negatives more often than under uniform sampling, which biases the learned score
+  against them. The log-Q correction (as in NCE / sampled softmax, Yi et al. 2019)
+  removes that bias: the loss sees logit(u, j) - w * log(q(j) * n_items) for the positive
+  and the negatives, i.e. the log-ratio of q to the uniform distribution, so the model's
+  raw logit estimates the same quantity as under uniform sampling. w = `logq_weight`
+  (0 keeps the tail-favouring bias on purpose, 1 removes it).
+The default (`uniform`) was chosen on MovieLens-100K validation NDCG@10 (see
+docs/BENCHMARKS.md). The loss is binary cross-entropy on the (corrected) logits.
+
+Seeded; tqdm progress; TensorBoard logs under <out>/tensorboard; CPU by default, CUDA when
+present. Writes <out>/checkpoint.pt (best epoch), config.json, vocab.json and
+train_summary.json; an eval-mode run then runs `training.evaluate` on the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from training import dataset as ds
+from training import schema
+from training.config import (
+    CHECKPOINT_FILE,
+    VOCAB_FILE,
+    TrainConfig,
+    add_config_arguments,
+    config_from_args,
+    write_json_atomic,
+)
+from training.metrics import RankingAccumulator
+from training.model import FusionCTR, build_model
+
+log = logging.getLogger(__name__)
+SUMMARY_FILE = "train_summary.json"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def sampling_distribution(data: ds.TrainingData, config: TrainConfig) -> np.ndarray:
+    """q over catalogue items: only items with training interactions can be negatives."""
+    counts = data.train_counts.astype(np.float64)
+    q = (counts > 0).astype(np.float64)
+    if config.sampler == "popularity":
+        q = np.power(counts, config.pop_alpha) * (counts > 0)
+    return q / q.sum()
+
+
+def make_batch(
+    data: ds.TrainingData,
+    events: np.ndarray,
+    q: np.ndarray,
+    config: TrainConfig,
+    rng: np.random.Generator,
+) -> ds.Batch:
+    """Positives for `events` plus sampled negatives, with ID dropout applied."""
+    users = data.train_users[events]
+    hist = ds.causal_histories(data, events, config.history_len)
+    negs = rng.choice(len(q), size=(len(events), config.negatives), p=q)
+    cands = np.concatenate([data.train_items[events][:, None], negs], axis=1)
+    labels = np.zeros(cands.shape, dtype=np.float32)
+    labels[:, 0] = 1.0
+    logq = np.log(q[cands] * np.count_nonzero(q) + 1e-12) * config.logq_weight
+    if config.sampler == "uniform":
+        logq = np.zeros_like(logq)
+    rows, inverse = np.unique(np.concatenate([hist.ravel(), cands.ravel()]), return_inverse=True)
+    batch = ds.Batch(
+        **ds.user_side(data, users, hist),
+        **ds.item_side(data, cands),
+        labels=torch.from_numpy(labels),
+        logq=torch.from_numpy(logq.astype(np.float32)),
+        content_table=torch.from_numpy(data.content[rows]),
+    )
+    batch.hist_content = torch.from_numpy(inverse[: hist.size].reshape(hist.shape))
+    batch.item_content = torch.from_numpy(inverse[hist.size :].reshape(cands.shape))
+    return id_dropout(batch, config, rng)
+
+
+def id_dropout(batch: ds.Batch, config: TrainConfig, rng: np.random.Generator) -> ds.Batch:
+    """Turn some items into "unknown, count 0" and some users into the unknown user."""
+    drop = torch.from_numpy(rng.random(tuple(batch.item_idx.shape)) < config.id_dropout)
+    batch.item_idx = batch.item_idx.masked_fill(drop, 0)
+    batch.item_count = batch.item_count.masked_fill(drop, 0.0)
+    drop_h = torch.from_numpy(rng.random(tuple(batch.hist_idx.shape)) < config.id_dropout)
+    batch.hist_idx = batch.hist_idx.masked_fill(drop_h, 0)
+    drop_u = torch.from_numpy(rng.random(tuple(batch.user_idx.shape)) < config.user_dropout)
+    batch.user_idx = batch.user_idx.masked_fill(drop_u, 0)
+    return batch
+
+
+def train_epoch(
+    model: FusionCTR,
+    data: ds.TrainingData,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> float:
+    """One pass over the shuffled training events; returns the mean loss."""
+    model.train()
+    q = sampling_distribution(data, config)
+    order = rng.permutation(len(data.train_items))
+    steps = int(np.ceil(len(order) / config.batch_size))
+    if config.max_steps_per_epoch:
+        steps = min(steps, config.max_steps_per_epoch)
+    total = 0.0
+    for step in tqdm(range(steps), desc="train", leave=False, mininterval=2.0):
+        events = order[step * config.batch_size : (step + 1) * config.batch_size]
+        batch = make_batch(data, events, q, config, rng).to(device)
+        logits = model.score_rows(*batch.inputs(), batch.content_table)
+        loss = F.binary_cross_entropy_with_logits(logits - batch.logq, batch.labels)
+        if config.embedding_l2:
+            rows = (
+                model.user_emb(batch.user_idx).pow(2).sum()
+                + model.item_emb(batch.item_idx).pow(2).sum()
+            )
+            loss = loss + config.embedding_l2 * rows / len(events)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach())
+    return total / max(steps, 1)
+
+
+@torch.no_grad()
+def score_users(
+    model: FusionCTR, data: ds.TrainingData, users: np.ndarray, device: torch.device
+) -> np.ndarray:
+    """Full-ranking scores [len(users), n_catalogue] (logits) of every catalogue item."""
+    model.eval()
+    items = np.arange(data.n_catalogue)[None, :]
+    cand = {k: v.to(device) for k, v in ds.item_side(data, items).items()}
+    user = ds.user_side(data, users, data.histories[users])
+    user = {k: v.to(device) for k, v in user.items()}
+    return model.score(**user, **cand).float().cpu().numpy()
+
+
+def ranking_metrics(
+    model: FusionCTR, data: ds.TrainingData, holdout: ds.Holdout, config: TrainConfig, device
+) -> dict[str, float]:
+    """Full-ranking metrics of the model on one holdout (RankingAccumulator)."""
+    acc = RankingAccumulator(data.train_counts, data.is_tail, k=config.k)
+    for start in range(0, len(holdout.users), config.eval_batch_users):
+        users = holdout.users[start : start + config.eval_batch_users]
+        scores = score_users(model, data, users, device)
+        acc.add(scores, holdout.items[start : start + len(users)], holdout.exclude[users])
+    return acc.result()
+
+
+def valid_subset(holdout: ds.Holdout, config: TrainConfig) -> ds.Holdout:
+    """A seeded subset of `valid_users` cases for early stopping (all when 0)."""
+    if not config.valid_users or config.valid_users >= len(holdout.users):
+        return holdout
+    rng = np.random.default_rng(config.seed + 1)
+    rows = np.sort(rng.choice(len(holdout.users), config.valid_users, replace=False))
+    return ds.Holdout(users=holdout.users[rows], items=holdout.items[rows], exclude=holdout.exclude)
+
+
+def save_checkpoint(
+    run_dir: Path, model: FusionCTR, data: ds.TrainingData, config: TrainConfig, extra: dict
+) -> None:
+    """checkpoint.pt (state, sizes, vocab) written atomically, plus vocab.json."""
+    payload = {
+        "format_version": 1,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": config.to_dict(),
+        "n_users": len(data.user_vocab),
+        "n_items": len(data.item_vocab),
+        **extra,
+    }
+    tmp = run_dir / f".{CHECKPOINT_FILE}.tmp"
+    torch.save(payload, tmp)
+    tmp.replace(run_dir / CHECKPOINT_FILE)
+    write_json_atomic(run_dir / VOCAB_FILE, {"users": data.user_vocab, "items": data.item_vocab})
+
+
+def train(config: TrainConfig, data_dir: Path, features_dir: Path, out: Path) -> dict:
+    """Seed, data, model, loop with early stopping, save; returns the training summary."""
+    config.validate()
+    seed_everything(config.seed)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    rng = np.random.default_rng(config.seed)
+    data = ds.load_training_data(
+        data_dir, features_dir, config.mode, config.history_len, config.cold_items, config.seed
+    )
+    config.content_dim = int(data.content.shape[1])
+    device = pick_device(config.device)
+    counts = torch.from_numpy(data.vocab_counts())
+    model = build_model(config, len(data.user_vocab), len(data.item_vocab), counts).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save(out)
+    from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
+
+    writer = SummaryWriter(str(out / "tensorboard"))
+    meta = {"data_dir": str(data_dir), "features_dir": str(features_dir)}
+    head = data.train_counts[~data.is_tail]
+    head_tail = {
+        "head_share": schema.HEAD_SHARE,
+        "min_head_count": int(head.min() if head.size else 0),
+    }
+    best, best_epoch, started = -1.0, -1, time.perf_counter()
+    holdout = valid_subset(data.valid, config)
+    for epoch in range(1, config.epochs + 1):
+        loss = train_epoch(model, data, optimizer, config, rng, device)
+        writer.add_scalar("train/loss", loss, epoch)
+        if epoch % config.eval_every and epoch != config.epochs:
+            continue
+        valid = ranking_metrics(model, data, holdout, config, device)
+        ndcg = valid[f"NDCG@{config.k}"]
+        for name in (f"NDCG@{config.k}", f"HR@{config.k}", f"TailHR@{config.k}"):
+            writer.add_scalar(f"valid/{name}", valid[name], epoch)
+        log.info("epoch %d loss %.4f valid NDCG@%d %.4f", epoch, loss, config.k, ndcg)
+        if ndcg > best:
+            best, best_epoch = ndcg, epoch
+            extra = {**meta, "epoch": epoch, "valid_metrics": valid, "head_tail": head_tail}
+            save_checkpoint(out, model, data, config, extra)
+        elif epoch - best_epoch >= config.patience * config.eval_every:
+            log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
+            break
+    writer.close()
+    summary = {
+        "best_epoch": best_epoch,
+        f"valid_NDCG@{config.k}": best,
+        "train_seconds": round(time.perf_counter() - started, 2),
+        "device": str(device),
+        **meta,
+    }
+    write_json_atomic(out / SUMMARY_FILE, summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="canonical tables dir")
+    parser.add_argument("--features", type=Path, required=True, help="item_features dir")
+    parser.add_argument("--out", type=Path, required=True, help="run dir to write")
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = config_from_args(args)
+    summary = train(config, args.data, args.features, args.out)
+    if config.mode == "eval" and config.run_evaluation:
+        from training.evaluate import evaluate_run
+
+        evaluate_run(args.out)
+    print(f"trained {args.out}: best epoch {summary['best_epoch']}, {summary}")
+
+
+if __name__ == "__main__":
+    main()
