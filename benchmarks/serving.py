@@ -1,0 +1,273 @@
+"""Serving benchmark: Rank latency and throughput, item cache vs the naive Feast path.
+
+    python -m benchmarks.serving                  # MovieLens artifacts when built, else synthetic
+    python -m benchmarks.serving --repo feature_repo --model artifacts/movielens-100k
+    python -m benchmarks.serving --synthetic --concurrency 1,4,16 --repeats 3
+
+Two real servers run in this process on loopback: the normal one (item features from the
+in-process cache) and the naive one (``item_cache=False``: every candidate's and history
+item's features come from ``get_online_features`` on each request). A load generator in a
+separate process (multiprocessing, spawn) sends Rank calls with ``--candidates`` candidates
+for users with full histories, at each concurrency level, and measures client-side
+latency. Figures are medians over ``--repeats`` runs. Two more rows split the cost: the
+Rank handler called in-process (no gRPC, no client) and the ONNX Runtime run alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import statistics
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from serving.config import ServerConfig
+from serving.server import RankingServicer, create_server
+from training import schema
+
+log = logging.getLogger("benchmarks.serving")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.serving",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--repo", type=Path, help="materialized Feast repo (default: feature_repo)")
+    p.add_argument("--model", type=Path, help="run dir with manifest.json + model.onnx")
+    p.add_argument("--synthetic", action="store_true", help="build a synthetic setup in tmp")
+    p.add_argument("--items", type=int, default=1682, help="synthetic catalogue size")
+    p.add_argument("--users", type=int, default=943, help="synthetic users")
+    p.add_argument("--candidates", type=int, default=200, help="candidates per Rank call")
+    p.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
+    p.add_argument("--requests", type=int, default=300, help="calls per run (cached path)")
+    p.add_argument("--naive-requests", type=int, default=40, help="calls per run (naive path)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per level; medians reported")
+    p.add_argument("--ort-threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    p.add_argument("--workers", type=int, default=16, help="server worker threads")
+    p.add_argument("--skip-naive", action="store_true", help="only the cached path")
+    return p.parse_args(argv)
+
+
+# --- synthetic setup -------------------------------------------------------------------
+def synthetic_features(out: Path, n_items: int, n_users: int, hist: int, seed: int = 0) -> None:
+    """Random content vectors, Zipf counts, 50-item histories, in the Feast source schema."""
+    rng = np.random.default_rng(seed)
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    items = [f"i{k}" for k in range(n_items)]
+    counts = pd.Series(rng.zipf(1.3, n_items).clip(0, 5000), index=items)
+    is_tail = schema.head_tail_flags(counts)
+    vecs = rng.normal(size=(n_items, 384)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    pd.DataFrame({
+        schema.ITEM_ID: items, schema.EVENT_TIMESTAMP: now, schema.CONTENT_VEC: list(vecs),
+        schema.HAS_TEXT: 1, schema.INTERACTION_COUNT: counts.to_numpy(np.int64),
+        schema.POPULARITY_RANK: counts.rank(ascending=False, method="first").astype(np.int64),
+        schema.IS_TAIL: is_tail.to_numpy(np.int64), schema.FIRST_SEEN: now - pd.Timedelta(days=9),
+        schema.TITLE: [f"Item {k}" for k in range(n_items)],
+    }).to_parquet(out / schema.ITEM_FEATURES_FILE)  # fmt: skip
+    histories = [list(rng.choice(items, size=hist, replace=False)) for _ in range(n_users)]
+    pd.DataFrame({
+        schema.USER_ID: [f"u{k}" for k in range(n_users)], schema.EVENT_TIMESTAMP: now,
+        schema.HISTORY: histories, schema.HISTORY_LEN: hist, schema.USER_ATTRIBUTES: "{}",
+    }).to_parquet(out / schema.USER_FEATURES_FILE)  # fmt: skip
+
+
+def synthetic_model(out: Path, items: list[str], users: list[str]) -> None:
+    """An untrained FusionCTR of the default size, exported like training.export does."""
+    from training.config import TrainConfig
+    from training.export import FEATURE_REFS, export_onnx
+    from training.model import build_model
+
+    config = TrainConfig()
+    export_onnx(build_model(config, len(users), len(items)).eval(), out / "model.onnx")
+    (out / "vocab.json").write_text(json.dumps({"users": users, "items": items}))
+    manifest = {
+        "format_version": 1, "model_version": "synthetic-untrained", "onnx_file": "model.onnx",
+        "vocab_file": "vocab.json", "content_dim": config.content_dim,
+        "history_len": config.history_len, "feature_refs": FEATURE_REFS,
+    }  # fmt: skip
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def build_synthetic(tmp: Path, n_items: int, n_users: int) -> tuple[Path, Path]:
+    """A materialized Feast repo (copy of feature_repo/) and a model dir under ``tmp``."""
+    import shutil
+
+    from training.features import materialize_repo
+
+    repo, model = tmp / "feature_repo", tmp / "model"
+    (repo / "data").mkdir(parents=True)
+    model.mkdir()
+    for file in [*(ROOT / "feature_repo").glob("*.py"), ROOT / "feature_repo/feature_store.yaml"]:
+        shutil.copy2(file, repo / file.name)
+    synthetic_features(repo / "data", n_items, n_users, hist=50)
+    materialize_repo(repo, fs_yaml=repo / "feature_store.yaml")
+    items = [f"i{k}" for k in range(n_items)]
+    synthetic_model(model, items, [f"u{k}" for k in range(n_users)])
+    return repo, model
+
+
+# --- load generator (runs in the child process) ----------------------------------------
+def drive(target: str, calls: list[tuple[str, list[str]]], concurrency: int) -> dict:
+    """Send ``calls`` with ``concurrency`` threads; return latencies (s) and wall time."""
+    import grpc
+
+    from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
+
+    channel = grpc.insecure_channel(target)
+    grpc.channel_ready_future(channel).result(timeout=30)
+    stub = ranking_pb2_grpc.RankingServiceStub(channel)
+    requests = [ranking_pb2.RankRequest(user_id=u, candidate_ids=c, top_k=20) for u, c in calls]
+    for req in requests[:3]:  # warm the channel
+        stub.Rank(req, timeout=30)
+    latencies: list[float] = []
+    lock, cursor = threading.Lock(), iter(requests)
+
+    def worker() -> None:
+        while True:
+            with lock:
+                req = next(cursor, None)
+            if req is None:
+                return
+            start = time.perf_counter()
+            stub.Rank(req, timeout=30)
+            with lock:
+                latencies.append(time.perf_counter() - start)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    channel.close()
+    return {"latencies": latencies, "wall": wall}
+
+
+# --- orchestration -----------------------------------------------------------------------
+def make_calls(model_dir: Path, repo: Path, n: int, n_cands: int, seed: int = 1) -> list:
+    """Rank calls for users with full histories and random vocab candidates."""
+    vocab = json.loads((model_dir / "vocab.json").read_text())
+    users = pd.read_parquet(repo / "data" / schema.USER_FEATURES_FILE)
+    users = users[users[schema.HISTORY].map(len) >= 50][schema.USER_ID].astype(str).tolist()
+    users = users or [str(u) for u in vocab["users"]]
+    rng = random.Random(seed)
+    return [(rng.choice(users), rng.sample(vocab["items"], n_cands)) for _ in range(n)]
+
+
+def start(repo: Path, model: Path, cache: bool, args: argparse.Namespace):
+    from serving.__main__ import build_servicer
+
+    config = ServerConfig(
+        repo=repo, model=model, host="127.0.0.1", port=0, item_cache=cache,
+        ort_threads=args.ort_threads, workers=args.workers, event_log_url=None,
+    )  # fmt: skip
+    servicer: RankingServicer = build_servicer(config)
+    servicer.start()
+    server, port = create_server(config, servicer)
+    return server, f"127.0.0.1:{port}", servicer
+
+
+def measure(pool, target: str, calls: list, level: int, repeats: int) -> dict[str, float]:
+    runs = [pool.submit(drive, target, calls, level).result() for _ in range(repeats)]
+    p50 = [np.percentile(r["latencies"], 50) * 1e3 for r in runs]
+    p99 = [np.percentile(r["latencies"], 99) * 1e3 for r in runs]
+    rps = [len(r["latencies"]) / r["wall"] for r in runs]
+    return {"p50_ms": statistics.median(p50), "p99_ms": statistics.median(p99),
+            "rps": statistics.median(rps)}  # fmt: skip
+
+
+def model_only(model_dir: Path, args: argparse.Namespace, runs: int = 200) -> dict[str, float]:
+    """The ONNX Runtime run alone (N candidates, 50 history items): the floor of a Rank call."""
+    from serving.inference import Batch, Model
+
+    model = Model(model_dir, provider="cpu", threads=args.ort_threads)
+    n, length, dim = args.candidates, 50, model.content_dim
+    rng = np.random.default_rng(0)
+    batch = Batch(
+        np.array([1]), np.arange(1, length + 1)[None], rng.random((1, length, dim), np.float32),
+        np.ones((1, length), np.float32), np.arange(1, n + 1), rng.random((n, dim), np.float32),
+        np.ones(n, np.float32),
+    )  # fmt: skip
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        model.score(batch)
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"p50_ms": float(np.median(times)), "p99_ms": float(np.percentile(times, 99))}
+
+
+def handler_only(servicer: RankingServicer, calls: list) -> dict[str, float]:
+    """The Rank handler called in-process (Feast user row + cache + ORT + re-rank), no gRPC."""
+    from serving.api.tailrank.v1 import ranking_pb2
+
+    times = []
+    for user, cands in calls:
+        request = ranking_pb2.RankRequest(user_id=user, candidate_ids=cands, top_k=20)
+        start = time.perf_counter()
+        servicer._rank(request)
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"p50_ms": float(np.median(times)), "p99_ms": float(np.percentile(times, 99))}
+
+
+def run(args: argparse.Namespace, repo: Path, model: Path) -> list[dict]:
+    levels = [int(c) for c in args.concurrency.split(",")]
+    rows = []
+    paths = [("cache", True, args.requests)] + (
+        [] if args.skip_naive else [("naive", False, args.naive_requests)]
+    )
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        for name, cache, n in paths:
+            server, target, servicer = start(repo, model, cache, args)
+            calls = make_calls(model, repo, n, args.candidates)
+            if cache:
+                rows.append({"path": "handler", "concurrency": 1, **handler_only(servicer, calls)})
+            for level in levels:
+                figures = measure(pool, target, calls, level, args.repeats)
+                rows.append({"path": name, "concurrency": level, **figures})
+                log.info("%s", rows[-1])
+            server.stop(0).wait()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("serving").setLevel(logging.WARNING)
+    repo, model = (
+        args.repo or ROOT / "feature_repo",
+        args.model or ROOT / "artifacts/movielens-100k",
+    )
+    with tempfile.TemporaryDirectory(prefix="tailrank-bench-") as tmp:
+        if args.synthetic or not (model / "manifest.json").is_file():
+            log.info("building a synthetic setup (%d items, %d users)", args.items, args.users)
+            repo, model = build_synthetic(Path(tmp), args.items, args.users)
+        rows = run(args, repo, model)
+        floor = model_only(model, args)
+    table = pd.DataFrame(rows).set_index(["path", "concurrency"])
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"Rank, {args.candidates} candidates, 50-item histories, model {model}")
+    print(f"{os.cpu_count()} CPUs, load average at the end {load}, ort_threads {args.ort_threads}")
+    print(table.round(2).to_string())
+    print(f"ONNX Runtime run alone: p50 {floor['p50_ms']:.2f} ms, p99 {floor['p99_ms']:.2f} ms")
+    if not args.skip_naive:
+        ratio = table.loc["cache", "rps"] / table.loc["naive", "rps"]  # handler row has no rps
+        print("throughput cache/naive by concurrency:", ratio.round(1).to_dict())
+
+
+if __name__ == "__main__":
+    main()

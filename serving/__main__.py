@@ -1,0 +1,102 @@
+"""Run the tailrank gRPC ranking server (the only place that blocks).
+
+    python -m serving --repo feature_repo --model artifacts/movielens-100k --port 50051
+
+Start-up: load manifest + ONNX once, check the provider, fill the item cache from the
+online store, warm up, then health SERVING. SIGHUP reloads the item cache; SIGTERM/SIGINT
+turn health NOT_SERVING, stop taking calls, let in-flight ones finish within --grace-s,
+then flush the event log. See docs/SERVING.md.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from serving import metrics
+from serving.config import ServerConfig, load_config
+from serving.errors import ConfigError, TailrankError
+from serving.features import FeatureClient
+from serving.inference import Model
+from serving.server import RankingServicer, RequestIdFilter, create_server
+
+log = logging.getLogger("serving")
+
+LOG_FORMAT = (
+    "ts=%(asctime)s level=%(levelname)s logger=%(name)s request_id=%(request_id)s %(message)s"
+)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """key=value logs on stderr, each line with the request id of its RPC (or '-')."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(RequestIdFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def build_servicer(config: ServerConfig) -> RankingServicer:
+    """Model, feature client and event log from the config; not yet started."""
+    model = Model(config.model, provider=config.provider, threads=config.ort_threads)
+    refs = model.manifest.get("feature_refs")
+    features = FeatureClient(config.repo, model.content_dim, refs, fs_yaml=config.fs_yaml)
+    event_log = None
+    if config.event_log_url:
+        from serving.eventlog import EventLog
+
+        event_log = EventLog(config.event_log_url)
+    return RankingServicer(config, features, model, event_log)
+
+
+def serve(config: ServerConfig) -> None:
+    """Start everything, then block until SIGTERM/SIGINT and shut down gracefully."""
+    servicer = build_servicer(config)
+    servicer.features.check_store()
+    servicer.start()
+    gc.collect()
+    gc.freeze()  # start-up objects (Feast registry, cache) leave the GC's scans: fewer pauses
+    if config.metrics_port >= 0:
+        metrics.start_metrics_server(config.metrics_port)
+    server, port = create_server(config, servicer)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=servicer.refresh_cache).start())
+    log.info("event=ready port=%d provider=%s", port, servicer.model.provider)
+    while not stop.wait(1.0):
+        pass
+    log.info("event=shutdown grace_s=%.1f", config.grace_s)
+    servicer.shutting_down()
+    server.stop(config.grace_s).wait()
+    if servicer.event_log is not None:
+        servicer.event_log.close()
+    log.info("event=stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse flags/env, serve; exit 2 on bad config, 1 on a dependency down."""
+    try:
+        config = load_config(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+    try:
+        serve(config)
+    except ConfigError as exc:
+        log.error("event=bad_config error=%s", exc)
+        return 2
+    except (TailrankError, OSError) as exc:
+        log.error("event=start_failed error=%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

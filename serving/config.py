@@ -1,0 +1,140 @@
+"""Server configuration: a typed dataclass, filled from defaults, `TAILRANK_*` env, then flags.
+
+Precedence: command-line flag > environment variable > the default below. Every field has
+a flag (``--cache-refresh-s``) and an env variable (``TAILRANK_CACHE_REFRESH_S``).
+
+    python -m serving --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving.errors import ConfigError
+
+ENV_PREFIX = "TAILRANK_"
+PROVIDERS = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `python -m serving` needs; see docs/SERVING.md for each field."""
+
+    repo: Path = Path("feature_repo")  # Feast repo (feature_store.yaml) to read features from
+    fs_yaml: Path | None = None  # feature_store.yaml to use instead of <repo>/feature_store.yaml
+    model: Path = Path("artifacts/movielens-100k")  # run dir with manifest.json + model.onnx
+    host: str = "[::]"  # address to bind; tests use 127.0.0.1
+    port: int = 50051  # gRPC port; 0 picks a free one
+    metrics_port: int = 9100  # Prometheus HTTP port; -1 turns the endpoint off
+    provider: str = "auto"  # ONNX Runtime provider: auto (CUDA when present), cpu or cuda
+    max_candidates: int = 1000  # requests with more candidates are INVALID_ARGUMENT
+    tail_weight: float = 0.3  # default long-tail weight (lambda) in [0, 1]
+    workers: int = 8  # gRPC worker threads (concurrent requests in flight)
+    ort_threads: int = 1  # ONNX Runtime intra-op threads per run; 0 lets ORT choose
+    item_cache: bool = True  # False: fetch every candidate from Feast per request (naive)
+    cache_refresh_s: float = 0.0  # reload the item cache every N seconds; 0 = only on SIGHUP
+    cache_batch_size: int = 500  # items per Feast call when filling the cache
+    grace_s: float = 10.0  # on SIGTERM, how long in-flight requests may take to finish
+    event_log_url: str | None = "sqlite:///data/events.db"  # None (--no-event-log): off
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        """Reject values the server cannot run with, saying what to change."""
+        if self.provider not in PROVIDERS:
+            raise ConfigError(f"provider must be one of {PROVIDERS}, got {self.provider!r}")
+        if not 0.0 <= self.tail_weight <= 1.0:
+            raise ConfigError(f"tail_weight must be in [0, 1], got {self.tail_weight}")
+        for name in ("max_candidates", "workers", "cache_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR: {self.log_level}")
+        if self.ort_threads < 0 or self.cache_refresh_s < 0 or self.grace_s < 0:
+            raise ConfigError("ort_threads, cache_refresh_s and grace_s must be >= 0")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be in [0, 65535] (0 = any free port), got {self.port}")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ConfigError(
+                f"metrics_port must be in [-1, 65535] (-1 = off), got {self.metrics_port}"
+            )
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _cast(field: dataclasses.Field, raw: str) -> object:
+    """Convert an env/flag string to the field's type, with a clear error."""
+    kind = str(field.type)
+    try:
+        if kind == "bool":
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes", "on")
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind in ("Path", "Path | None"):
+            return Path(raw)
+    except ValueError:
+        raise ConfigError(f"{field.name}: cannot read {raw!r} as {kind}") from None
+    return raw
+
+
+def from_env(env: Mapping[str, str] | None = None) -> dict[str, object]:
+    """Field values found in ``TAILRANK_<FIELD>`` variables."""
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    for field in dataclasses.fields(ServerConfig):
+        raw = env.get(ENV_PREFIX + field.name.upper())
+        if raw is not None:
+            values[field.name] = _cast(field, raw)
+    if env.get(ENV_PREFIX + "NO_EVENT_LOG", "").lower() in ("1", "true", "yes", "on"):
+        values["event_log_url"] = None
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m serving` argument parser; every default is None (env/dataclass fill)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m serving",
+        description="tailrank gRPC ranking server (Feast features + ONNX Runtime).",
+        epilog="Each flag also reads TAILRANK_<NAME> from the environment (flags win).",
+    )
+    defaults = ServerConfig()
+    for field in dataclasses.fields(ServerConfig):
+        kind = str(field.type)
+        default = getattr(defaults, field.name)
+        help_text = f"default: {default} (env {ENV_PREFIX}{field.name.upper()})"
+        if kind == "bool":
+            parser.add_argument(
+                _flag(field.name), dest=field.name, default=None,
+                action=argparse.BooleanOptionalAction, help=help_text,
+            )  # fmt: skip
+        else:
+            parser.add_argument(_flag(field.name), dest=field.name, default=None, help=help_text)
+    parser.add_argument(
+        "--no-event-log", action="store_true", help="do not log impressions or feedback"
+    )
+    return parser
+
+
+def load_config(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Resolve the config: dataclass defaults < environment < command-line flags."""
+    args = build_parser().parse_args(argv)
+    values = from_env(env)
+    fields = {f.name: f for f in dataclasses.fields(ServerConfig)}
+    for name, raw in vars(args).items():
+        if name in fields and raw is not None:
+            values[name] = raw if isinstance(raw, bool) else _cast(fields[name], raw)
+    if args.no_event_log:
+        values["event_log_url"] = None
+    return ServerConfig(**values)

@@ -1,0 +1,70 @@
+"""Prometheus metrics of the ranking server (default registry, served over HTTP).
+
+The default registry is used on purpose: the event log's counters (serving.eventlog) show
+up on the same endpoint. Scrape ``http://<host>:<metrics-port>/metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+
+log = logging.getLogger(__name__)
+
+REQUESTS = Counter(
+    "tailrank_requests_total", "RPCs handled, by method and status code", ["method", "code"]
+)
+ERRORS = Counter("tailrank_errors_total", "RPCs that ended in a non-OK status", ["method", "code"])
+LATENCY = Histogram(
+    "tailrank_request_latency_seconds",
+    "Server-side latency of an RPC, from receipt to response",
+    ["method"],
+    buckets=(0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+CANDIDATES = Histogram(
+    "tailrank_candidates_per_request",
+    "Candidates in a Rank request",
+    buckets=(1, 10, 25, 50, 100, 200, 500, 1000, 2000),
+)
+CACHE_HITS = Counter("tailrank_item_cache_hits_total", "Item lookups served by the cache")
+CACHE_MISSES = Counter("tailrank_item_cache_misses_total", "Item lookups sent to Feast")
+CACHE_ITEMS = Gauge("tailrank_item_cache_items", "Items held in the in-process cache")
+CACHE_REFRESHES = Counter(
+    "tailrank_item_cache_refreshes_total", "Cache reloads from the online store", ["result"]
+)
+TAIL_SERVED = Counter("tailrank_tail_items_served_total", "Long-tail items returned by Rank")
+ITEMS_SERVED = Counter("tailrank_items_served_total", "Items returned by Rank")
+TAIL_SHARE = Histogram(
+    "tailrank_tail_share",
+    "Share of long-tail items in each returned list",
+    buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+)
+COLD_USERS = Counter("tailrank_cold_users_total", "Rank requests for users unknown to Feast")
+UNSCORED = Counter("tailrank_unscored_items_total", "Candidates that could not be scored")
+MODEL = Info("tailrank_model", "The model being served")
+MODEL_LOADED = Gauge("tailrank_model_loaded_timestamp_seconds", "When the model was loaded")
+
+
+def observe_rpc(method: str, code: grpc.StatusCode, seconds: float) -> None:
+    """Count one finished RPC and its latency."""
+    name = code.name
+    REQUESTS.labels(method, name).inc()
+    if code is not grpc.StatusCode.OK:
+        ERRORS.labels(method, name).inc()
+    LATENCY.labels(method).observe(seconds)
+
+
+def set_model(version: str, provider: str) -> None:
+    """Publish which model (and ONNX Runtime provider) is serving."""
+    MODEL.info({"version": version, "provider": provider})
+    MODEL_LOADED.set_to_current_time()
+
+
+def start_metrics_server(port: int, addr: str = "0.0.0.0") -> int:
+    """Serve /metrics on ``port`` (0 = a free port) in a daemon thread; returns the port."""
+    httpd, _ = start_http_server(port, addr=addr)
+    bound = int(httpd.server_address[1])
+    log.info("event=metrics_listening port=%d", bound)
+    return bound

@@ -1,0 +1,323 @@
+"""The ranking servicer and the server factory; only ``serving.__main__.main`` blocks.
+
+``create_server(config, servicer)`` registers the RankingService, grpc.health.v1 and
+reflection, binds ``config.host:config.port`` (0 = a free port) and returns
+``(server, port)``. The servicer gets its feature client, model and event log in
+``__init__`` so a test can start it on port 0. Every handler catches everything and maps
+it to a status code in one place (``_handle``); no request can crash the process.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from serving import metrics, rerank
+from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
+from serving.config import ServerConfig
+from serving.errors import FailedPrecondition, InvalidArgument, status_for
+from serving.features import FeatureClient, ItemRows
+from serving.inference import Batch, Model
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name
+MAX_ID_BYTES = 256
+MAX_REQUEST_ID_BYTES = 128
+UNKNOWN_ITEM = "unknown item: not in the feature store"
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` (from the context of the handling thread) to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = REQUEST_ID.get()
+        return True
+
+
+@dataclass(frozen=True)
+class RankArgs:
+    """A validated Rank request."""
+
+    user_id: str
+    candidates: list[str]
+    top_k: int
+    tail_weight: float
+    request_id: str
+    explain: bool
+
+
+def _check_id(name: str, value: str) -> None:
+    if not value:
+        raise InvalidArgument(f"{name} is empty: send a non-empty id")
+    if len(value.encode()) > MAX_ID_BYTES:
+        raise InvalidArgument(f"{name} is {len(value.encode())} bytes: ids are at most 256 bytes")
+
+
+def validate(request: ranking_pb2.RankRequest, max_candidates: int, tail_weight: float) -> RankArgs:
+    """Check a RankRequest; raise InvalidArgument saying which field to fix and how."""
+    _check_id("user_id", request.user_id)
+    candidates = list(request.candidate_ids)
+    if not candidates:
+        raise InvalidArgument("candidate_ids is empty: send at least one candidate item id")
+    if len(candidates) > max_candidates:
+        raise InvalidArgument(
+            f"candidate_ids has {len(candidates)} ids, more than the limit {max_candidates}: "
+            "split the request"
+        )
+    # fast path: only ids of more than 64 characters can exceed 256 UTF-8 bytes
+    for i, item in enumerate(candidates):
+        if not item or len(item) > MAX_ID_BYTES // 4:
+            _check_id(f"candidate_ids[{i}]", item)
+    if len(set(candidates)) != len(candidates):
+        seen: set[str] = set()
+        dup = next(c for c in candidates if c in seen or seen.add(c))
+        raise InvalidArgument(f"candidate_ids has duplicates (e.g. {dup!r}): send each id once")
+    if request.top_k < 0:
+        raise InvalidArgument(f"top_k is {request.top_k}: use 0 (all) or a positive number")
+    if request.HasField("tail_weight"):
+        tail_weight = request.tail_weight
+        if not 0.0 <= tail_weight <= 1.0:
+            raise InvalidArgument(f"tail_weight is {tail_weight}: use a value in [0, 1]")
+    request_id = request.request_id or uuid.uuid4().hex
+    if len(request_id.encode()) > MAX_REQUEST_ID_BYTES:
+        raise InvalidArgument("request_id is longer than 128 bytes: send a shorter id")
+    return RankArgs(
+        request.user_id, candidates, request.top_k, tail_weight, request_id, request.explain
+    )
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """What a Rank request read: history and item rows (candidates first, then history)."""
+
+    cold: bool  # the user is unknown to the feature store
+    hist: list[str]  # the last history_len history item ids, oldest first
+    rows: ItemRows  # candidates, then history items not among them
+    hist_rows: np.ndarray  # int64 row in ``rows`` of each history item
+    scored: np.ndarray  # int64 positions of the candidates Feast knows
+
+
+class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
+    """Rank and Feedback over a FeatureClient, a Model and an optional EventLog."""
+
+    def __init__(
+        self, config: ServerConfig, features: FeatureClient, model: Model, event_log=None
+    ) -> None:
+        self.config = config
+        self.features = features
+        self.model = model
+        self.event_log = event_log
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._stop = threading.Event()
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Fill the item cache, warm the model up, then report SERVING."""
+        if self.config.item_cache:  # a failure here stops start-up (no silent empty cache)
+            n = self.features.load_cache(self.model.item_ids, self.config.cache_batch_size)
+            metrics.CACHE_ITEMS.set(n)
+        self.model.warm_up()
+        metrics.set_model(self.model.version, self.model.provider)
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.config.item_cache and self.config.cache_refresh_s > 0:
+            threading.Thread(target=self._refresh_loop, name="cache-refresh", daemon=True).start()
+        log.info("event=serving model_version=%s", self.model.version)
+
+    def refresh_cache(self) -> bool:
+        """Reload the item cache from the online store; keep the old one on failure."""
+        try:
+            n = self.features.load_cache(self.model.item_ids, self.config.cache_batch_size)
+        except Exception as exc:
+            metrics.CACHE_REFRESHES.labels("error").inc()
+            log.error("event=cache_refresh_failed error=%r (keeping the previous cache)", exc)
+            return False
+        metrics.CACHE_REFRESHES.labels("ok").inc()
+        metrics.CACHE_ITEMS.set(n)
+        return True
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.config.cache_refresh_s):
+            self.refresh_cache()
+
+    def shutting_down(self) -> None:
+        """Health NOT_SERVING for every service; stop the refresher."""
+        self._stop.set()
+        self.health.enter_graceful_shutdown()
+
+    def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
+
+    # --- RPCs ----------------------------------------------------------------------------
+    def Rank(self, request, context):  # noqa: N802 (gRPC method name)
+        return _handle("Rank", context, ranking_pb2.RankResponse, lambda: self._rank(request))
+
+    def Feedback(self, request, context):  # noqa: N802
+        return _handle(
+            "Feedback", context, ranking_pb2.FeedbackResponse, lambda: self._feedback(request)
+        )
+
+    def _feedback(self, request: ranking_pb2.FeedbackRequest) -> ranking_pb2.FeedbackResponse:
+        from serving.eventlog import parse_feedback
+
+        if self.event_log is None:
+            raise FailedPrecondition("event log disabled: start the server with --event-log-url")
+        accepted = self.event_log.record_feedback(parse_feedback(request))
+        return ranking_pb2.FeedbackResponse(accepted=accepted)
+
+    def _rank(self, request: ranking_pb2.RankRequest) -> ranking_pb2.RankResponse:
+        REQUEST_ID.set(request.request_id[:MAX_REQUEST_ID_BYTES] or "-")
+        args = validate(request, self.config.max_candidates, self.config.tail_weight)
+        REQUEST_ID.set(args.request_id)
+        metrics.CANDIDATES.observe(len(args.candidates))
+        got = self._gather(args)
+        response = ranking_pb2.RankResponse(
+            model_version=self.model.version, cold_user=got.cold,
+            request_id=args.request_id, tail_weight=args.tail_weight,
+        )  # fmt: skip
+        for i in np.flatnonzero(~got.rows.known[: len(args.candidates)]):
+            response.unscored.add(item_id=args.candidates[i], reason=UNKNOWN_ITEM)
+        metrics.UNSCORED.inc(len(response.unscored))
+        metrics.COLD_USERS.inc(int(got.cold))
+        if len(got.scored):
+            self._score_into(response, args, got)
+            self._log_impressions(args, response)
+        log.info(
+            "event=rank user=%s candidates=%d unscored=%d cold=%s returned=%d",
+            args.user_id, len(args.candidates), len(response.unscored), got.cold,
+            len(response.items),
+        )  # fmt: skip
+        return response
+
+    def _gather(self, args: RankArgs) -> Gathered:
+        """The user's history from Feast, then candidate + history item rows (cache first)."""
+        history = self.features.user_history(args.user_id)
+        hist = (history or [])[-self.model.history_len :]
+        wanted = set(args.candidates)
+        lookup = args.candidates + [h for h in dict.fromkeys(hist) if h not in wanted]
+        rows, hits = self.features.items(lookup, use_cache=self.config.item_cache)
+        metrics.CACHE_HITS.inc(hits)
+        metrics.CACHE_MISSES.inc(len(lookup) - hits)
+        where = {item: i for i, item in enumerate(lookup)}
+        hist_rows = np.array([where[h] for h in hist], dtype=np.int64)
+        scored = np.flatnonzero(rows.known[: len(args.candidates)])
+        return Gathered(history is None, hist, rows, hist_rows, scored)
+
+    def _score_into(self, response, args: RankArgs, got: Gathered) -> None:
+        """One ORT run over the scored candidates, re-rank, cut to top_k, fill the response."""
+        ids = [args.candidates[i] for i in got.scored]
+        logit, prob = self.model.score(self._batch(args.user_id, got, ids))
+        hist_known = got.rows.known[got.hist_rows]
+        p_tail = rerank.tail_appetite(got.rows.is_tail[got.hist_rows][hist_known])
+        tail = got.rows.is_tail[got.scored]
+        ranked = rerank.rerank(prob, tail, ids, args.tail_weight, p_tail)
+        order = ranked.order[: args.top_k] if args.top_k else ranked.order
+        for j in order:
+            item = response.items.add(
+                item_id=ids[j], score=float(ranked.score[j]),
+                click_probability=float(prob[j]), is_tail=bool(tail[j]),
+            )  # fmt: skip
+            if args.explain:
+                item.explanation.update(
+                    {"logit": float(logit[j]), "click_probability": float(prob[j]),
+                     "tail_boost": float(ranked.boost[j]), "p_tail_user": p_tail,
+                     "tail_weight": args.tail_weight, "is_tail": float(tail[j])}
+                )  # fmt: skip
+        metrics.TAIL_SHARE.observe(rerank.tail_share(tail, order))
+        metrics.ITEMS_SERVED.inc(len(order))
+        metrics.TAIL_SERVED.inc(int(tail[order].sum()))
+
+    def _batch(self, user_id: str, got: Gathered, ids: list[str]) -> Batch:
+        """Model inputs for one user and the scored candidates (contract dtypes)."""
+        index, rows, dim = self.model.item_index, got.rows, self.model.content_dim
+        if got.hist:
+            h_idx = np.array([[index.get(h, 0) for h in got.hist]], dtype=np.int64)
+            h_content = rows.content[got.hist_rows][None, :, :]
+            # a history item counts when Feast (content) or the vocabulary (id) knows it
+            h_mask = (rows.known[got.hist_rows] | (h_idx[0] > 0)).astype(np.float32)[None, :]
+        else:  # a user without history: one padding slot with mask 0 (ARCHITECTURE.md 3)
+            h_idx = np.zeros((1, 1), np.int64)
+            h_content = np.zeros((1, 1, dim), np.float32)
+            h_mask = np.zeros((1, 1), np.float32)
+        return Batch(
+            user_idx=np.array([self.model.user_index.get(user_id, 0)], dtype=np.int64),
+            hist_idx=h_idx, hist_content=np.ascontiguousarray(h_content, np.float32),
+            hist_mask=h_mask,
+            item_idx=np.array([index.get(i, 0) for i in ids], dtype=np.int64),
+            item_content=np.ascontiguousarray(rows.content[got.scored], np.float32),
+            item_count=rows.count[got.scored].astype(np.float32),
+        )  # fmt: skip
+
+    def _log_impressions(self, args: RankArgs, response: ranking_pb2.RankResponse) -> None:
+        """Queue the returned items as impressions; never blocks the hot path."""
+        if self.event_log is None or not response.items:
+            return
+        from serving.eventlog import Impression
+
+        now = datetime.now(UTC)
+        rows = [
+            Impression(
+                args.request_id,
+                args.user_id,
+                it.item_id,
+                pos,
+                it.score,
+                it.click_probability,
+                it.is_tail,
+                response.model_version,
+                now,
+            )  # fmt: skip
+            for pos, it in enumerate(response.items, start=1)
+        ]
+        if not self.event_log.log_impressions(rows):
+            log.warning("event=impressions_dropped rows=%d (event-log queue full)", len(rows))
+
+
+def _handle(method: str, context: grpc.ServicerContext, empty: type, call: Callable):
+    """Run one RPC body: map any exception to a status, count it, never raise."""
+    token = REQUEST_ID.set("-")
+    start = time.perf_counter()
+    code = grpc.StatusCode.OK
+    try:
+        return call()
+    except BaseException as exc:  # nothing may escape a handler
+        code, message = status_for(exc)
+        level = logging.ERROR if code is grpc.StatusCode.INTERNAL else logging.WARNING
+        log.log(level, "event=rpc_error method=%s code=%s message=%r", method, code.name, message,
+                exc_info=code is grpc.StatusCode.INTERNAL)  # fmt: skip
+        context.set_code(code)
+        context.set_details(message)
+        return empty()
+    finally:
+        metrics.observe_rpc(method, code, time.perf_counter() - start)
+        REQUEST_ID.reset(token)
+
+
+def create_server(config: ServerConfig, servicer: RankingServicer) -> tuple[grpc.Server, int]:
+    """Register RankingService, health and reflection; bind; start; return (server, port)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers))
+    ranking_pb2_grpc.add_RankingServiceServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer.health, server)
+    names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"cannot bind {config.host}:{config.port}: is the port in use?")
+    server.start()
+    log.info("event=listening host=%s port=%d", config.host, port)
+    return server, port

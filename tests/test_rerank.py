@@ -1,0 +1,71 @@
+"""Unit tests of the long-tail re-ranking rule (serving/rerank.py), known answers only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serving.rerank import rerank, tail_appetite, tail_share
+
+PROB = np.array([0.9, 0.6, 0.5, 0.2, 0.1])
+TAIL = np.array([0, 0, 1, 1, 1], dtype=bool)
+IDS = ["h1", "h2", "t1", "t2", "t3"]
+
+
+def ids_in_order(result) -> list[str]:
+    return [IDS[k] for k in result.order]
+
+
+def test_zero_weight_orders_by_probability() -> None:
+    result = rerank(PROB, TAIL, IDS, tail_weight=0.0, p_tail=0.9)
+    assert ids_in_order(result) == ["h1", "h2", "t1", "t2", "t3"]
+    np.testing.assert_allclose(result.score, PROB, rtol=1e-6)
+    assert not result.boost.any()
+
+
+def test_full_weight_puts_tail_first_for_a_tail_loving_user() -> None:
+    result = rerank(PROB, TAIL, IDS, tail_weight=1.0, p_tail=tail_appetite([1, 1, 1, 0]))
+    # tail items tie on score; ties break by probability, so t1 > t2 > t3, then the head.
+    assert ids_in_order(result) == ["t1", "t2", "t3", "h1", "h2"]
+
+
+def test_known_answer_for_an_intermediate_weight() -> None:
+    # lambda 0.5, P(tail|u) = 0.5: tail scores 0.5*p + 0.25, head scores 0.5*p.
+    result = rerank(PROB, TAIL, IDS, tail_weight=0.5, p_tail=0.5)
+    np.testing.assert_allclose(result.score, [0.45, 0.3, 0.5, 0.35, 0.3], rtol=1e-6)
+    # h2 and t3 tie at 0.3: h2 has the higher probability.
+    assert ids_in_order(result) == ["t1", "h1", "t2", "h2", "t3"]
+
+
+def test_head_loving_user_gets_a_smaller_boost() -> None:
+    fan = rerank(PROB, TAIL, IDS, 0.5, tail_appetite([1, 1, 1, 1, 1, 1, 1, 1]))
+    skeptic = rerank(PROB, TAIL, IDS, 0.5, tail_appetite([0, 0, 0, 0, 0, 0, 0, 0]))
+    assert fan.boost[2] > skeptic.boost[2] > 0
+    assert ids_in_order(skeptic)[0] == "h1"
+
+
+def test_equal_scores_break_ties_by_item_id() -> None:
+    result = rerank(np.array([0.5, 0.5]), np.array([0, 0]), ["b", "a"], 0.3, 0.5)
+    assert list(result.order) == [1, 0]
+
+
+def test_tail_appetite_is_laplace_smoothed() -> None:
+    assert tail_appetite([]) == pytest.approx(0.5)
+    assert tail_appetite([True, True]) == pytest.approx(0.75)
+    assert tail_appetite(np.array([0, 0, 1])) == pytest.approx(0.4)
+
+
+def test_tail_share_of_a_returned_list() -> None:
+    assert tail_share(TAIL, np.array([2, 0])) == pytest.approx(0.5)
+    assert tail_share(TAIL, np.array([], dtype=np.int64)) == 0.0
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5])
+def test_weight_outside_unit_interval_is_rejected(weight: float) -> None:
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        rerank(PROB, TAIL, IDS, weight, 0.5)
+
+
+def test_mismatched_lengths_are_rejected() -> None:
+    with pytest.raises(ValueError, match="same length"):
+        rerank(PROB, TAIL[:3], IDS, 0.3, 0.5)

@@ -1,0 +1,225 @@
+"""Integration tests of the ranking server through a real gRPC channel.
+
+The server runs over a real Feast repo (applied + materialized in tmp) and the real
+exported ONNX model (fixtures ``tiny_feature_repo``, ``tiny_model_dir``).
+
+    pytest tests/test_serving_grpc.py
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from serving.api.tailrank.v1 import ranking_pb2
+from training import schema
+
+pytestmark = pytest.mark.integration
+TIMEOUT = 10.0
+
+
+def _latest(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+    return frame.sort_values(schema.EVENT_TIMESTAMP).groupby(key).tail(1).set_index(key)
+
+
+@pytest.fixture(scope="module")
+def offline(tiny_features_dir: Path, tiny_model_dir: Path) -> dict:
+    """Feature tables and vocab read straight from the files, not through the server."""
+    manifest = json.loads((Path(tiny_model_dir) / "manifest.json").read_text())
+    vocab = json.loads(
+        (Path(tiny_model_dir) / manifest.get("vocab_file", "vocab.json")).read_text()
+    )
+    items = _latest(pd.read_parquet(Path(tiny_features_dir) / schema.ITEM_FEATURES_FILE), "item_id")
+    users = _latest(pd.read_parquet(Path(tiny_features_dir) / schema.USER_FEATURES_FILE), "user_id")
+    users = users[users[schema.HISTORY].map(len) > 0]
+    return {"manifest": manifest, "vocab": vocab, "items": items, "users": users}
+
+
+def offline_probs(offline: dict, model_dir: Path, user: str, cands: list[str]) -> np.ndarray:
+    """The model's click probabilities computed with onnxruntime directly on the features."""
+    man, items = offline["manifest"], offline["items"]
+    item_ix = {i: k + 1 for k, i in enumerate(offline["vocab"]["items"])}
+    user_ix = {u: k + 1 for k, u in enumerate(offline["vocab"]["users"])}
+    hist = list(offline["users"].loc[user, schema.HISTORY])[-int(man["history_len"]) :]
+    vec = lambda ids: np.stack([np.asarray(items.loc[i, schema.CONTENT_VEC]) for i in ids])  # noqa: E731
+    feeds = {
+        "user_idx": np.array([user_ix.get(user, 0)], np.int64),
+        "hist_idx": np.array([[item_ix.get(h, 0) for h in hist]], np.int64),
+        "hist_content": vec(hist)[None].astype(np.float32),
+        "hist_mask": np.ones((1, len(hist)), np.float32),
+        "item_idx": np.array([item_ix.get(c, 0) for c in cands], np.int64),
+        "item_content": vec(cands).astype(np.float32),
+        "item_count": items.loc[cands, schema.INTERACTION_COUNT].to_numpy(np.float32),
+    }
+    session = ort.InferenceSession(
+        str(Path(model_dir) / man["onnx_file"]), providers=["CPUExecutionProvider"]
+    )
+    return session.run(["prob"], feeds)[0]
+
+
+def rank(server, **fields) -> ranking_pb2.RankResponse:
+    return server.stub.Rank(ranking_pb2.RankRequest(**fields), timeout=TIMEOUT)
+
+
+def test_health_serving_for_server_and_service(ranking_server) -> None:
+    stub = health_pb2_grpc.HealthStub(ranking_server.channel)
+    for service in ("", "tailrank.v1.RankingService"):
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_ranking_service(ranking_server) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(ranking_server.channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    reply = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=TIMEOUT)))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"tailrank.v1.RankingService", "grpc.health.v1.Health"} <= names
+
+
+def test_order_matches_offline_model_scores(ranking_server, offline) -> None:
+    user = str(offline["users"].index[0])
+    cands = [str(i) for i in offline["items"].index[:15]]
+    reply = rank(ranking_server, user_id=user, candidate_ids=cands, tail_weight=0.0)
+    expected = offline_probs(offline, ranking_server.model_dir, user, cands)
+    got = {i.item_id: i.click_probability for i in reply.items}
+    assert not reply.cold_user and not reply.unscored
+    np.testing.assert_allclose([got[c] for c in cands], expected, rtol=1e-4, atol=1e-6)
+    best_first = [cands[k] for k in np.lexsort((np.array(cands), -expected))]
+    assert [i.item_id for i in reply.items] == best_first
+    assert reply.model_version == offline["manifest"]["model_version"]
+
+
+def test_full_tail_weight_puts_tail_items_first(ranking_server, offline) -> None:
+    user = str(offline["users"].index[0])
+    cands = [str(i) for i in offline["items"].index[:15]]
+    tail = offline["items"].loc[cands, schema.IS_TAIL].astype(bool)
+    assert 0 < tail.sum() < len(cands), "tiny data needs head and tail candidates"
+    reply = rank(ranking_server, user_id=user, candidate_ids=cands, tail_weight=1.0, top_k=4)
+    flags = [i.is_tail for i in reply.items]
+    assert flags == [bool(tail[i.item_id]) for i in reply.items]
+    assert flags == sorted(flags, reverse=True) and len(reply.items) == 4
+    assert reply.tail_weight == pytest.approx(1.0)
+
+
+def test_unknown_user_is_ranked_cold(ranking_server, offline) -> None:
+    cands = [str(i) for i in offline["items"].index[:5]]
+    reply = rank(ranking_server, user_id="no-such-user", candidate_ids=cands, explain=True)
+    assert reply.cold_user
+    assert len(reply.items) == 5
+    assert all(np.isfinite(i.click_probability) for i in reply.items)
+    assert reply.items[0].explanation["p_tail_user"] == pytest.approx(0.5)
+
+
+def test_unknown_candidate_is_unscored_and_others_ranked(ranking_server, offline) -> None:
+    user = str(offline["users"].index[0])
+    cands = [str(i) for i in offline["items"].index[:3]] + ["no-such-item"]
+    reply = rank(ranking_server, user_id=user, candidate_ids=cands, request_id="req-42")
+    assert [(u.item_id, u.reason) for u in reply.unscored] == [
+        ("no-such-item", "unknown item: not in the feature store")
+    ]
+    assert sorted(i.item_id for i in reply.items) == sorted(cands[:3])
+    assert reply.request_id == "req-42"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"user_id": "", "candidate_ids": ["a"]}, "user_id is empty"),
+        ({"user_id": "u", "candidate_ids": []}, "candidate_ids is empty"),
+        ({"user_id": "u", "candidate_ids": [str(i) for i in range(1001)]}, "more than the limit"),
+        ({"user_id": "u", "candidate_ids": ["a", "b", "a"]}, "duplicates"),
+        ({"user_id": "u", "candidate_ids": ["x" * 257]}, "at most 256 bytes"),
+        ({"user_id": "u" * 300, "candidate_ids": ["a"]}, "at most 256 bytes"),
+        ({"user_id": "u", "candidate_ids": ["a"], "top_k": -1}, "top_k is -1"),
+        ({"user_id": "u", "candidate_ids": ["a"], "tail_weight": 1.5}, "in [0, 1]"),
+        ({"user_id": "u", "candidate_ids": ["a"], "request_id": "r" * 129}, "128 bytes"),
+    ],
+)
+def test_bad_input_is_invalid_argument(ranking_server, fields: dict, message: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        rank(ranking_server, **fields)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert message in err.value.details()
+
+
+def test_feedback_without_event_log_is_failed_precondition(ranking_server) -> None:
+    event = ranking_pb2.FeedbackEvent(user_id="u", item_id="i", event_type="click")
+    with pytest.raises(grpc.RpcError) as err:
+        ranking_server.stub.Feedback(ranking_pb2.FeedbackRequest(events=[event]), timeout=TIMEOUT)
+    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "event log disabled" in err.value.details()
+
+
+def test_store_down_is_unavailable_then_recovers(ranking_server, offline) -> None:
+    path = ranking_server.servicer.features.sqlite_path
+    assert path is not None and path.is_file()
+    user = str(offline["users"].index[0])
+    cands = [str(i) for i in offline["items"].index[:3]]
+    moved = path.with_name(path.name + ".away")
+    shutil.move(path, moved)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            rank(ranking_server, user_id=user, candidate_ids=cands)
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "feast materialize" in err.value.details()
+        assert not path.exists(), "the server must not create an empty online store"
+    finally:
+        shutil.move(moved, path)
+    assert len(rank(ranking_server, user_id=user, candidate_ids=cands).items) == 3
+
+
+def test_cache_refresh_swaps_in_a_full_table(ranking_server) -> None:
+    before = ranking_server.servicer.features.cache_size
+    assert before > 0
+    assert ranking_server.servicer.refresh_cache()
+    assert ranking_server.servicer.features.cache_size == before
+
+
+def _scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    pairs = (line.rsplit(" ", 1) for line in text.splitlines() if line and line[0] != "#")
+    return {name: float(value) for name, value in pairs}
+
+
+def test_metrics_count_the_calls(ranking_server, offline) -> None:
+    ok = 'tailrank_requests_total{code="OK",method="Rank"}'
+    bad = 'tailrank_errors_total{code="INVALID_ARGUMENT",method="Rank"}'
+    before = _scrape(ranking_server.metrics_port)
+    user = str(offline["users"].index[0])
+    cands = [str(i) for i in offline["items"].index[:4]]
+    for _ in range(3):
+        rank(ranking_server, user_id=user, candidate_ids=cands)
+    with pytest.raises(grpc.RpcError):
+        rank(ranking_server, user_id="", candidate_ids=cands)
+    after = _scrape(ranking_server.metrics_port)
+    assert after[ok] - before.get(ok, 0.0) == 3
+    assert after[bad] - before.get(bad, 0.0) == 1
+    assert after["tailrank_item_cache_hits_total"] > before.get("tailrank_item_cache_hits_total", 0)
+    assert any(k.startswith("tailrank_model_info{") for k in after)
+
+
+def test_unreachable_postgres_online_store_is_unavailable(ranking_server, tmp_path) -> None:
+    from serving.errors import Unavailable
+    from serving.features import FeatureClient
+
+    yaml = tmp_path / "feature_store.yaml"
+    yaml.write_text(
+        "project: tailrank\nregistry: data/registry.db\nprovider: local\n"
+        "online_store:\n  type: postgres\n  host: 127.0.0.1\n  port: 1\n"
+        "  database: none\n  user: nobody\n  password: ''\n"
+        "entity_key_serialization_version: 3\n"
+    )
+    client = FeatureClient(ranking_server.repo, ranking_server.servicer.model.content_dim,
+                           fs_yaml=yaml)  # fmt: skip
+    with pytest.raises(Unavailable, match="feature store unavailable"):
+        client.user_history("anyone")

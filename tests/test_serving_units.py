@@ -1,0 +1,111 @@
+"""Unit tests of the serving pieces that need neither Feast nor a model.
+
+Config resolution (defaults < env < flags), provider selection and the check that a
+CUDA request never silently runs on CPU, request validation, status mapping.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from serving.api.tailrank.v1 import ranking_pb2
+from serving.config import ServerConfig, load_config
+from serving.errors import ConfigError, InvalidArgument, Unavailable, status_for
+from serving.inference import CPU, CUDA, check_running, choose_providers
+from serving.server import validate
+
+
+def test_defaults_env_and_flags_resolve_in_order() -> None:
+    env = {"TAILRANK_PORT": "6000", "TAILRANK_TAIL_WEIGHT": "0.5", "TAILRANK_ITEM_CACHE": "false"}
+    config = load_config(["--tail-weight", "0.1", "--repo", "r"], env=env)
+    assert config.port == 6000  # env over default
+    assert config.tail_weight == pytest.approx(0.1)  # flag over env
+    assert config.item_cache is False
+    assert config.repo == Path("r")
+    assert config.max_candidates == ServerConfig().max_candidates
+
+
+def test_no_event_log_flag_and_env_switch_it_off() -> None:
+    assert load_config([], env={}).event_log_url == "sqlite:///data/events.db"
+    assert load_config(["--no-event-log"], env={}).event_log_url is None
+    assert load_config([], env={"TAILRANK_NO_EVENT_LOG": "1"}).event_log_url is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--provider", "tpu"], "provider must be one of"),
+        (["--tail-weight", "2"], "tail_weight must be in [0, 1]"),
+        (["--max-candidates", "0"], "max_candidates must be >= 1"),
+        (["--port", "70000"], "port must be in"),
+        (["--workers", "many"], "cannot read 'many' as int"),
+    ],
+)
+def test_bad_config_says_what_to_change(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(argv, env={})
+    assert message in str(err.value)
+
+
+def test_bad_bool_env_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="item_cache"):
+        load_config([], env={"TAILRANK_ITEM_CACHE": "maybe"})
+
+
+def test_provider_choice() -> None:
+    assert choose_providers("cpu", [CUDA, CPU]) == [CPU]
+    assert choose_providers("auto", [CUDA, CPU]) == [CUDA, CPU]
+    assert choose_providers("auto", [CPU]) == [CPU]
+    assert choose_providers("cuda", [CUDA, CPU]) == [CUDA, CPU]
+    with pytest.raises(ConfigError, match="make install-gpu"):
+        choose_providers("cuda", ["AzureExecutionProvider", CPU])
+
+
+def test_cuda_asked_but_cpu_running_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="runs on"):
+        check_running("cuda", [CUDA, CPU], [CPU])
+    assert check_running("auto", [CUDA, CPU], [CPU]) == CPU  # auto may fall back, logged
+    assert check_running("cuda", [CUDA, CPU], [CUDA, CPU]) == CUDA
+
+
+def request(**fields) -> ranking_pb2.RankRequest:
+    return ranking_pb2.RankRequest(**{"user_id": "u", "candidate_ids": ["a", "b"], **fields})
+
+
+def test_valid_request_gets_defaults_and_a_request_id() -> None:
+    args = validate(request(), max_candidates=10, tail_weight=0.3)
+    assert args.candidates == ["a", "b"] and args.top_k == 0
+    assert args.tail_weight == pytest.approx(0.3)
+    assert len(args.request_id) == 32
+    override = validate(request(tail_weight=0.0, request_id="r1"), 10, 0.3)
+    assert override.tail_weight == 0.0 and override.request_id == "r1"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"user_id": ""}, "user_id is empty"),
+        ({"candidate_ids": []}, "candidate_ids is empty"),
+        ({"candidate_ids": list("abcdefghijk")}, "11 ids, more than the limit 10"),
+        ({"candidate_ids": ["a", ""]}, "candidate_ids[1] is empty"),
+        ({"candidate_ids": ["a", "b", "a"]}, "duplicates (e.g. 'a')"),
+        ({"candidate_ids": ["é" * 129]}, "258 bytes"),
+        ({"top_k": -3}, "top_k is -3"),
+        ({"tail_weight": -0.5}, "tail_weight is -0.5"),
+        ({"request_id": "x" * 129}, "request_id is longer than 128 bytes"),
+    ],
+)
+def test_invalid_requests_say_what_to_fix(fields: dict, message: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        validate(request(**fields), max_candidates=10, tail_weight=0.3)
+    assert message in str(err.value)
+
+
+def test_status_mapping() -> None:
+    assert status_for(InvalidArgument("x")) == (grpc.StatusCode.INVALID_ARGUMENT, "x")
+    assert status_for(Unavailable("down"))[0] is grpc.StatusCode.UNAVAILABLE
+    code, message = status_for(KeyError("secret"))
+    assert code is grpc.StatusCode.INTERNAL and "secret" not in message
