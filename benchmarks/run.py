@@ -1,0 +1,126 @@
+"""Run every benchmark recorded in docs/BENCHMARKS.md, one after another (`make bench`).
+
+    python -m benchmarks.run                      # all of them (about an hour on 2 cores)
+    python -m benchmarks.run --only serving eventlog
+    python -m benchmarks.run --list
+
+Each benchmark runs as its own process with the arguments docs/BENCHMARKS.md quotes, so
+a figure there can be reproduced by copying one line of this table. Benchmarks print their
+figures; nothing is asserted. Exit status: 0 when every selected benchmark exited 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+import time
+
+log = logging.getLogger("benchmarks.run")
+
+# name -> (what it measures, argv after `python -m`)
+BENCHMARKS: dict[str, tuple[str, list[str]]] = {
+    "model_quality": (
+        "fusion model vs baselines on MovieLens-100K (protocol of DESIGN.md), ColdHR run",
+        [
+            "benchmarks.model_quality",
+            "--data",
+            "data/movielens-100k",
+            "--out",
+            "artifacts/ml-100k-quality",
+            "--cold-run",
+            "0.1",
+            "--num-threads",
+            "1",
+        ],
+    ),
+    "features": (
+        "features step and feast apply/materialize on MovieLens-100K",
+        ["benchmarks.features", "--datasets", "movielens-100k", "--repeats", "3"],
+    ),
+    "features_100k": (
+        "features step and materialize on a synthetic 100k-item catalogue",
+        [
+            "benchmarks.features",
+            "--datasets",
+            "synthetic",
+            "--n-items",
+            "100000",
+            "--n-users",
+            "20000",
+            "--n-events",
+            "1000000",
+            "--embed-sample",
+            "384",
+            "--repeats",
+            "3",
+        ],
+    ),
+    "serving": (
+        "Rank p50/p99/throughput, item cache vs naive per-request Feast lookups",
+        ["benchmarks.serving", "--concurrency", "1,4,16", "--repeats", "3"],
+    ),
+    "eventlog": (
+        "event-log rows written per second (SQLite, PostgreSQL)",
+        ["benchmarks.eventlog"],
+    ),
+    "eventlog_serving": (
+        "serving throughput with the exposure log on vs off",
+        [
+            "benchmarks.eventlog",
+            "--serving",
+            "--requests",
+            "300",
+            "--repeats",
+            "3",
+            "--concurrency",
+            "1",
+            "8",
+        ],
+    ),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Run the benchmarks recorded in docs/BENCHMARKS.md, in sequence.",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=sorted(BENCHMARKS),
+        metavar="NAME",
+        help=f"run only these ({', '.join(BENCHMARKS)})",
+    )
+    p.add_argument("--list", action="store_true", help="print the benchmarks and their commands")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    selected = args.only or list(BENCHMARKS)
+    if args.list:
+        for name in selected:
+            what, cmd = BENCHMARKS[name]
+            print(f"{name:18s} {what}\n{'':18s} python -m {' '.join(cmd)}")
+        return 0
+    failed = []
+    for name in selected:
+        what, cmd = BENCHMARKS[name]
+        log.info("%s: %s\n  python -m %s", name, what, " ".join(cmd))
+        start = time.perf_counter()
+        rc = subprocess.call([sys.executable, "-m", *cmd])
+        log.info("%s: exit %d after %.0f s", name, rc, time.perf_counter() - start)
+        if rc != 0:
+            failed.append(name)
+    if failed:
+        log.error("failed: %s", ", ".join(failed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
