@@ -33,7 +33,7 @@ class ServerConfig:
     metrics_port: int = 9100  # Prometheus HTTP port; -1 turns the endpoint off
     provider: str = "auto"  # ONNX Runtime provider: auto (CUDA when present), cpu or cuda
     max_candidates: int = 1000  # requests with more candidates are INVALID_ARGUMENT
-    tail_weight: float = 0.3  # default long-tail weight (lambda) in [0, 1]
+    tail_weight: float = 0.1  # default long-tail weight (lambda) in [0, 1]; docs/SERVING.md
     workers: int = 8  # gRPC worker threads (concurrent requests in flight)
     ort_threads: int = 1  # ONNX Runtime intra-op threads per run; 0 lets ORT choose
     item_cache: bool = True  # False: fetch every candidate from Feast per request (naive)

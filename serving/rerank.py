@@ -40,6 +40,17 @@ def tail_appetite(history_is_tail: Sequence[bool] | np.ndarray) -> float:
     return float((flags.sum() + 1.0) / (flags.size + 2.0))
 
 
+def rerank_scores(
+    prob: np.ndarray, is_tail: np.ndarray, tail_weight: float, p_tail: float | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(score, boost) of the rule, float64, broadcasting: one user's [N] candidates, or a
+    [U, I] block of users with ``p_tail`` of shape [U, 1] (offline evaluation)."""
+    if not 0.0 <= tail_weight <= 1.0:
+        raise ValueError(f"tail_weight must be in [0, 1], got {tail_weight}")
+    boost = tail_weight * np.asarray(p_tail, dtype=np.float64) * np.asarray(is_tail, np.float64)
+    return (1.0 - tail_weight) * np.asarray(prob, dtype=np.float64) + boost, boost
+
+
 def rerank(
     prob: np.ndarray,
     is_tail: np.ndarray,
@@ -48,14 +59,11 @@ def rerank(
     p_tail: float,
 ) -> Ranked:
     """Apply the rule above; returns the order (best first) and the score parts."""
-    if not 0.0 <= tail_weight <= 1.0:
-        raise ValueError(f"tail_weight must be in [0, 1], got {tail_weight}")
     prob = np.asarray(prob, dtype=np.float64)
     tail = np.asarray(is_tail, dtype=np.float64)
     if prob.shape != tail.shape or prob.shape[0] != len(item_ids):
         raise ValueError("prob, is_tail and item_ids must have the same length")
-    boost = tail_weight * p_tail * tail
-    score = (1.0 - tail_weight) * prob + boost
+    score, boost = rerank_scores(prob, tail, tail_weight, p_tail)
     ids = np.asarray(item_ids, dtype=str)
     # lexsort: the last key is the primary one (score desc, then prob desc, then id asc).
     order = np.lexsort((ids, -prob, -score)) if len(ids) else np.zeros(0, np.int64)

@@ -8,6 +8,8 @@ Run::
 catalogue items (items without training interactions are scored through the unknown row
 plus their content) minus each user's train and validation items. The baselines of
 `training.baselines` are fitted on the same [all users, all catalogue items] train matrix.
+The fusion model is also reported after serving's long-tail re-ranking (`serving.rerank`)
+at each tail weight of ``RERANK_WEIGHTS``.
 Reported per model at K: HR, NDCG, MRR, TailHR, HeadHR, APLT, Coverage, Gini, ARP
 (`training.metrics.RankingAccumulator`); AUC and LogLoss on the test positives against
 `negatives` uniformly drawn unseen items each (models with a probability output);
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 from scipy.special import expit
 
+from serving import rerank
 from training import dataset as ds
 from training.baselines import default_baselines
 from training.config import TrainConfig, write_bytes_atomic, write_json_atomic
@@ -41,6 +44,8 @@ from training.train import pick_device, score_users
 
 log = logging.getLogger(__name__)
 FUSION = "FusionCTR"
+# tail weights λ of serving's re-ranking rule evaluated offline (0 = the model alone)
+RERANK_WEIGHTS = (0.1, 0.2, 0.3, 0.5)
 Scorer = Callable[[np.ndarray], np.ndarray]
 
 
@@ -147,6 +152,36 @@ def fusion_scorers(model, data: ds.TrainingData, config: TrainConfig):
     return score, proba
 
 
+def user_tail_appetite(data: ds.TrainingData, users: np.ndarray) -> np.ndarray:
+    """[u, 1] P(tail | user) from each user's (train) history, as the server computes it."""
+    hist = data.histories[users]
+    real = hist != data.pad
+    tail = np.where(real, data.is_tail[np.clip(hist, 0, data.n_catalogue - 1)], False)
+    return ((tail.sum(axis=1) + 1.0) / (real.sum(axis=1) + 2.0))[:, None]
+
+
+def rerank_sweep(
+    score: Scorer, data: ds.TrainingData, holdout: ds.Holdout, config: TrainConfig
+) -> dict[str, dict]:
+    """Ranking metrics of serving's long-tail re-ranking (serving.rerank) applied to the
+    fusion model's click probabilities over the full catalogue, one row per λ in
+    ``RERANK_WEIGHTS``: what the tail gains and what accuracy it costs."""
+    accs = {
+        w: RankingAccumulator(data.train_counts, data.is_tail, k=config.k) for w in RERANK_WEIGHTS
+    }
+    for start in range(0, len(holdout.users), config.eval_batch_users):
+        rows = np.arange(start, min(start + config.eval_batch_users, len(holdout.users)))
+        users, targets = holdout.users[rows], holdout.items[rows]
+        prob, p_tail = (
+            expit(np.asarray(score(users), dtype=np.float64)),
+            user_tail_appetite(data, users),
+        )
+        for weight, acc in accs.items():
+            reranked, _ = rerank.rerank_scores(prob, data.is_tail, weight, p_tail)
+            acc.add(reranked, targets, holdout.exclude[users])
+    return {f"{FUSION}+rerank λ={w:g}": acc.result() for w, acc in accs.items()}
+
+
 def evaluate_models(model, data: ds.TrainingData, config: TrainConfig) -> dict[str, dict]:
     """The fusion model and every baseline, on the test split (valid in deploy mode)."""
     holdout = data.test if data.test is not None else data.valid
@@ -155,6 +190,7 @@ def evaluate_models(model, data: ds.TrainingData, config: TrainConfig) -> dict[s
     score, proba = fusion_scorers(model, data, config)
     results[FUSION] = evaluate_scorer(score, data, holdout, config, proba)
     results[FUSION]["eval_seconds"] = round(time.perf_counter() - started, 2)
+    results.update(rerank_sweep(score, data, holdout, config))
     train, content = data.train_matrix(), data.content[:-1]
     for baseline in default_baselines(seed=config.seed):
         started = time.perf_counter()
