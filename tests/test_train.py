@@ -137,6 +137,10 @@ def test_training_histories_are_causal(cluster_dirs) -> None:
     assert (hist[0] == data.pad).all()  # the first event has no history
     assert hist[2].tolist() == [data.pad, items[0], items[1]]  # oldest first, left-padded
     assert hist[3].tolist() == items[:3].tolist()
+    stale = ds.causal_histories(data, user_events, 3, np.array([1, 1, 0, 1]))
+    assert (stale[0] == data.pad).all() and (stale[1] == data.pad).all()
+    assert stale[2].tolist() == hist[2].tolist()  # skip 0: unchanged
+    assert stale[3].tolist() == [data.pad, items[0], items[1]]  # ends one item earlier
 
 
 def test_cold_items_are_hidden_from_training(cluster_dirs) -> None:
@@ -203,3 +207,38 @@ def test_cli_help_exits_cleanly(module: str) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
     assert exc.value.code == 0
+
+
+def test_softmax_loss_is_cross_entropy_over_the_candidates() -> None:
+    from torch.nn import functional as F
+
+    from training.train import training_loss
+
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+    labels = torch.zeros_like(logits)
+    labels[:, 0] = 1.0
+    bce = F.binary_cross_entropy_with_logits(logits, labels)
+    softmax = -torch.log_softmax(logits, dim=1)[:, 0].mean()
+    assert torch.isclose(training_loss(logits, labels, TrainConfig(loss="bce")), bce)
+    config = TrainConfig(loss="softmax", bce_weight=0.0)
+    assert torch.isclose(training_loss(logits, labels, config), softmax)
+    config = TrainConfig(loss="softmax", bce_weight=0.5)
+    assert torch.isclose(training_loss(logits, labels, config), softmax + 0.5 * bce)
+    with pytest.raises(ValueError, match="loss must be"):
+        TrainConfig(loss="hinge").validate()
+
+
+def test_cosine_schedule_decays_the_learning_rate_to_zero_at_the_last_epoch() -> None:
+    from training.train import make_scheduler
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([param], lr=0.1)
+    assert make_scheduler(optimizer, TrainConfig(lr_schedule="constant"), 10) is None
+    scheduler = make_scheduler(optimizer, TrainConfig(lr_schedule="cosine", epochs=2), 10)
+    rates = []
+    for _ in range(20):
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[9] == pytest.approx(0.05) and rates[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))

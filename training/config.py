@@ -32,6 +32,7 @@ class TrainConfig:
     # --- data -------------------------------------------------------------------------
     mode: str = "eval"  # eval: train on train, stop on valid; deploy: train on train+valid
     history_len: int = 50  # last N items of a user's history fed to attention
+    history_skip: float = 0.0  # chance a training history ends one item early (stale features)
     cold_items: float = 0.0  # share of catalogue items hidden from training (ColdHR runs)
     # --- model ------------------------------------------------------------------------
     embedding_dim: int = 32  # width d of ID embeddings and of the content projection
@@ -48,10 +49,13 @@ class TrainConfig:
     sampler: str = "uniform"  # uniform | popularity (q(i) ~ count^pop_alpha)
     pop_alpha: float = 0.75  # popularity sampler exponent
     logq_weight: float = 1.0  # strength of the log-Q correction for the popularity sampler
+    loss: str = "bce"  # bce (per candidate) | softmax (sampled softmax over positive + negatives)
+    bce_weight: float = 0.0  # softmax loss: weight of an added BCE term (keeps `prob` calibrated)
     # --- optimisation -----------------------------------------------------------------
     batch_size: int = 1024  # positives per step (each with `negatives` negatives)
     lr: float = 3e-3  # Adam learning rate
-    weight_decay: float = 0.0  # Adam weight decay on dense layers
+    lr_schedule: str = "constant"  # constant | cosine (per step from lr down to 0 at `epochs`)
+    weight_decay: float = 0.0  # Adam weight decay (every parameter, embeddings included)
     embedding_l2: float = 1e-6  # L2 on the embedding rows a batch touches
     epochs: int = 12  # upper bound; early stopping usually ends sooner
     patience: int = 3  # epochs without a better validation NDCG@10 before stopping
@@ -71,9 +75,13 @@ class TrainConfig:
         checks = [
             (self.mode in ("eval", "deploy"), "mode must be 'eval' or 'deploy'"),
             (self.sampler in ("uniform", "popularity"), "sampler must be uniform|popularity"),
+            (self.loss in ("bce", "softmax"), "loss must be bce|softmax"),
+            (self.lr_schedule in ("constant", "cosine"), "lr_schedule must be constant|cosine"),
+            (self.bce_weight >= 0.0, "bce_weight must be >= 0"),
             (self.history_len >= 1, "history_len must be >= 1"),
             (0.0 <= self.cold_items < 1.0, "cold_items must be in [0, 1)"),
             (0.0 <= self.id_dropout < 1.0, "id_dropout must be in [0, 1)"),
+            (0.0 <= self.history_skip <= 1.0, "history_skip must be in [0, 1]"),
             (self.negatives >= 1, "negatives must be >= 1"),
             (self.embedding_dim >= 1 and self.batch_size >= 1, "sizes must be positive"),
             (self.device in ("auto", "cpu", "cuda"), "device must be auto|cpu|cuda"),

@@ -248,10 +248,16 @@ def _history_matrix(
     return out
 
 
-def causal_histories(data: TrainingData, events: np.ndarray, history_len: int) -> np.ndarray:
-    """[len(events), L] catalogue items a user saw before each training event (left-padded)."""
+def causal_histories(
+    data: TrainingData, events: np.ndarray, history_len: int, skip: np.ndarray | int = 0
+) -> np.ndarray:
+    """[len(events), L] catalogue items a user saw before each training event (left-padded).
+
+    `skip` ([len(events)] or a scalar) drops that many of the newest items before the
+    event, so the history ends `skip` interactions earlier (a stale history).
+    """
     offsets = np.arange(-history_len, 0)
-    idx = events[:, None] + offsets[None, :]
+    idx = (events - skip)[:, None] + offsets[None, :]
     valid = idx >= data.user_start[events][:, None]
     return np.where(valid, data.train_items[np.clip(idx, 0, None)], data.pad)
 

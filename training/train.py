@@ -17,7 +17,20 @@ items before t (causal, last `history_len`); it gets `negatives` sampled items:
   raw logit estimates the same quantity as under uniform sampling. w = `logq_weight`
   (0 keeps the tail-favouring bias on purpose, 1 removes it).
 The default (`uniform`) was chosen on MovieLens-100K validation NDCG@10 (see
-docs/BENCHMARKS.md). The loss is binary cross-entropy on the (corrected) logits.
+docs/BENCHMARKS.md).
+
+The loss (`loss`) sees the (corrected) logits of each positive and its negatives:
+
+- `bce`: binary cross-entropy per candidate (1 for the positive, 0 for each negative), so
+  the logit is a click log-odds against `negatives` sampled items per positive;
+- `softmax`: sampled softmax, the cross-entropy of the positive against its own
+  negatives (listwise, closer to the full-ranking task). It fixes logits only up to a
+  shift per (user, history), so `bce_weight` > 0 adds the BCE term with that weight to
+  keep `prob` = sigmoid(logit) usable as a click probability.
+
+Options: `history_skip` ends that share of training histories one item early (the model
+then also learns from stale histories, as when the feature store lags behind);
+`lr_schedule` = cosine decays the learning rate per step to 0 at `epochs`.
 
 Seeded; tqdm progress; TensorBoard logs under <out>/tensorboard; CPU by default, CUDA when
 present. Writes <out>/checkpoint.pt (best epoch), config.json, vocab.json and
@@ -84,7 +97,10 @@ def make_batch(
 ) -> ds.Batch:
     """Positives for `events` plus sampled negatives, with ID dropout applied."""
     users = data.train_users[events]
-    hist = ds.causal_histories(data, events, config.history_len)
+    skip = 0  # history_skip: some histories end one item early (no draw when off)
+    if config.history_skip:
+        skip = (rng.random(len(events)) < config.history_skip).astype(np.int64)
+    hist = ds.causal_histories(data, events, config.history_len, skip)
     negs = rng.choice(len(q), size=(len(events), config.negatives), p=q)
     cands = np.concatenate([data.train_items[events][:, None], negs], axis=1)
     labels = np.zeros(cands.shape, dtype=np.float32)
@@ -117,6 +133,32 @@ def id_dropout(batch: ds.Batch, config: TrainConfig, rng: np.random.Generator) -
     return batch
 
 
+def training_loss(logits: torch.Tensor, labels: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """The configured loss on (log-Q corrected) logits [B, M] whose column 0 is the positive."""
+    bce = F.binary_cross_entropy_with_logits(logits, labels)
+    if config.loss == "bce":
+        return bce
+    softmax = F.cross_entropy(logits, labels.argmax(dim=1))
+    return softmax + config.bce_weight * bce if config.bce_weight else softmax
+
+
+def steps_per_epoch(data: ds.TrainingData, config: TrainConfig) -> int:
+    steps = int(np.ceil(len(data.train_items) / config.batch_size))
+    return min(steps, config.max_steps_per_epoch) if config.max_steps_per_epoch else steps
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Per-step learning-rate schedule: None (constant) or cosine from lr to 0 at `epochs`."""
+    if config.lr_schedule == "constant":
+        return None
+    total = max(config.epochs * steps, 1)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + np.cos(np.pi * min(step, total) / total))
+    )
+
+
 def train_epoch(
     model: FusionCTR,
     data: ds.TrainingData,
@@ -124,20 +166,19 @@ def train_epoch(
     config: TrainConfig,
     rng: np.random.Generator,
     device: torch.device,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> float:
     """One pass over the shuffled training events; returns the mean loss."""
     model.train()
     q = sampling_distribution(data, config)
     order = rng.permutation(len(data.train_items))
-    steps = int(np.ceil(len(order) / config.batch_size))
-    if config.max_steps_per_epoch:
-        steps = min(steps, config.max_steps_per_epoch)
+    steps = steps_per_epoch(data, config)
     total = 0.0
     for step in tqdm(range(steps), desc="train", leave=False, mininterval=2.0):
         events = order[step * config.batch_size : (step + 1) * config.batch_size]
         batch = make_batch(data, events, q, config, rng).to(device)
         logits = model.score_rows(*batch.inputs(), batch.content_table)
-        loss = F.binary_cross_entropy_with_logits(logits - batch.logq, batch.labels)
+        loss = training_loss(logits - batch.logq, batch.labels, config)
         if config.embedding_l2:
             rows = (
                 model.user_emb(batch.user_idx).pow(2).sum()
@@ -147,6 +188,8 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         total += float(loss.detach())
     return total / max(steps, 1)
 
@@ -218,6 +261,7 @@ def train(config: TrainConfig, data_dir: Path, features_dir: Path, out: Path) ->
     counts = torch.from_numpy(data.vocab_counts())
     model = build_model(config, len(data.user_vocab), len(data.item_vocab), counts).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch(data, config))
     out.mkdir(parents=True, exist_ok=True)
     config.save(out)
     from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
@@ -232,7 +276,7 @@ def train(config: TrainConfig, data_dir: Path, features_dir: Path, out: Path) ->
     best, best_epoch, started = -1.0, -1, time.perf_counter()
     holdout = valid_subset(data.valid, config)
     for epoch in range(1, config.epochs + 1):
-        loss = train_epoch(model, data, optimizer, config, rng, device)
+        loss = train_epoch(model, data, optimizer, config, rng, device, scheduler)
         writer.add_scalar("train/loss", loss, epoch)
         if epoch % config.eval_every and epoch != config.epochs:
             continue
