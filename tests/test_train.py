@@ -242,3 +242,24 @@ def test_cosine_schedule_decays_the_learning_rate_to_zero_at_the_last_epoch() ->
         rates.append(optimizer.param_groups[0]["lr"])
     assert rates[9] == pytest.approx(0.05) and rates[-1] == pytest.approx(0.0, abs=1e-12)
     assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+
+
+def test_test_histories_can_include_the_validation_item(cluster_dirs) -> None:
+    from training.evaluate import histories_with_validation
+
+    data = ds.load_training_data(*cluster_dirs, "eval", 3, 0.0, 0)
+    hist = histories_with_validation(data)
+    users = data.valid.users
+    assert (hist[users, -1] == data.valid.items).all()
+    assert (hist[users, :-1] == data.histories[users, 1:]).all()  # the oldest item drops out
+    assert (data.histories[users, -1] != data.valid.items).any()  # train-only differs
+
+
+def test_evaluation_reports_rerank_sweep_and_latest_history(trained_run: Path) -> None:
+    from training.evaluate import FUSION_LATEST, RERANK_WEIGHTS
+
+    models = evaluate_run(trained_run)["models"]
+    assert FUSION_LATEST in models and "NDCG@10" in models[FUSION_LATEST]
+    aplt = [models["FusionCTR"]["APLT@10"]]
+    aplt += [models[f"FusionCTR+rerank λ={w:g}"]["APLT@10"] for w in RERANK_WEIGHTS]
+    assert aplt == sorted(aplt)  # a larger tail weight never shows less of the tail

@@ -9,7 +9,10 @@ catalogue items (items without training interactions are scored through the unkn
 plus their content) minus each user's train and validation items. The baselines of
 `training.baselines` are fitted on the same [all users, all catalogue items] train matrix.
 The fusion model is also reported after serving's long-tail re-ranking (`serving.rerank`)
-at each tail weight of ``RERANK_WEIGHTS``.
+at each tail weight of ``RERANK_WEIGHTS``, and once more with the user's validation
+interaction appended to the history it reads at test time (``FUSION_LATEST``: the same
+model and weights; DESIGN.md's protocol builds histories from train only, but a sequential
+model's published figures, and the server, feed the whole past).
 Reported per model at K: HR, NDCG, MRR, TailHR, HeadHR, APLT, Coverage, Gini, ARP
 (`training.metrics.RankingAccumulator`); AUC and LogLoss on the test positives against
 `negatives` uniformly drawn unseen items each (models with a probability output);
@@ -44,6 +47,8 @@ from training.train import pick_device, score_users
 
 log = logging.getLogger(__name__)
 FUSION = "FusionCTR"
+# the same model, its test-time history including the validation interaction
+FUSION_LATEST = f"{FUSION} (history incl. valid)"
 # tail weights λ of serving's re-ranking rule evaluated offline (0 = the model alone)
 RERANK_WEIGHTS = (0.1, 0.2, 0.3, 0.5)
 Scorer = Callable[[np.ndarray], np.ndarray]
@@ -132,13 +137,26 @@ def _ranks(scores: np.ndarray, targets: np.ndarray, exclude) -> np.ndarray:
     return (valid & (s >= s[rows, targets][:, None])).sum(axis=1) - 1
 
 
-def fusion_scorers(model, data: ds.TrainingData, config: TrainConfig):
+def histories_with_validation(data: ds.TrainingData) -> np.ndarray:
+    """[U, L] training histories with each user's validation item appended (the oldest
+    item drops out): what the model sees at the test interaction when its input is the
+    user's whole past, as the server's online store gives it."""
+    hist = data.histories.copy()
+    users = data.valid.users
+    hist[users, :-1] = hist[users, 1:]
+    hist[users, -1] = data.valid.items
+    return hist
+
+
+def fusion_scorers(
+    model, data: ds.TrainingData, config: TrainConfig, histories: np.ndarray | None = None
+):
     """Full-ranking scorer and pairwise probability function of the fusion model."""
     device = pick_device(config.device)
     model = model.to(device)
 
     def score(users: np.ndarray) -> np.ndarray:
-        return score_users(model, data, users, device)
+        return score_users(model, data, users, device, histories)
 
     @torch.no_grad()
     def proba(users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -191,6 +209,9 @@ def evaluate_models(model, data: ds.TrainingData, config: TrainConfig) -> dict[s
     results[FUSION] = evaluate_scorer(score, data, holdout, config, proba)
     results[FUSION]["eval_seconds"] = round(time.perf_counter() - started, 2)
     results.update(rerank_sweep(score, data, holdout, config))
+    if data.test is not None:  # eval mode: also score the test with the validation item known
+        latest, _ = fusion_scorers(model, data, config, histories_with_validation(data))
+        results[FUSION_LATEST] = evaluate_scorer(latest, data, holdout, config, None)
     train, content = data.train_matrix(), data.content[:-1]
     for baseline in default_baselines(seed=config.seed):
         started = time.perf_counter()

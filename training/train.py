@@ -196,13 +196,19 @@ def train_epoch(
 
 @torch.no_grad()
 def score_users(
-    model: FusionCTR, data: ds.TrainingData, users: np.ndarray, device: torch.device
+    model: FusionCTR,
+    data: ds.TrainingData,
+    users: np.ndarray,
+    device: torch.device,
+    histories: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Full-ranking scores [len(users), n_catalogue] (logits) of every catalogue item."""
+    """Full-ranking scores [len(users), n_catalogue] (logits) of every catalogue item, with
+    the users' training histories or ``histories`` ([n_users, L]) instead."""
     model.eval()
     items = np.arange(data.n_catalogue)[None, :]
     cand = {k: v.to(device) for k, v in ds.item_side(data, items).items()}
-    user = ds.user_side(data, users, data.histories[users])
+    hist = data.histories if histories is None else histories
+    user = ds.user_side(data, users, hist[users])
     user = {k: v.to(device) for k, v in user.items()}
     return model.score(**user, **cand).float().cpu().numpy()
 
