@@ -262,4 +262,5 @@ def test_evaluation_reports_rerank_sweep_and_latest_history(trained_run: Path) -
     assert FUSION_LATEST in models and "NDCG@10" in models[FUSION_LATEST]
     aplt = [models["FusionCTR"]["APLT@10"]]
     aplt += [models[f"FusionCTR+rerank λ={w:g}"]["APLT@10"] for w in RERANK_WEIGHTS]
+    assert f"{FUSION_LATEST}+rerank λ=0.1" in models
     assert aplt == sorted(aplt)  # a larger tail weight never shows less of the tail

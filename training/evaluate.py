@@ -179,25 +179,31 @@ def user_tail_appetite(data: ds.TrainingData, users: np.ndarray) -> np.ndarray:
 
 
 def rerank_sweep(
-    score: Scorer, data: ds.TrainingData, holdout: ds.Holdout, config: TrainConfig
+    score: Scorer, data: ds.TrainingData, holdout: ds.Holdout, config: TrainConfig, label: str
 ) -> dict[str, dict]:
     """Ranking metrics of serving's long-tail re-ranking (serving.rerank) applied to the
     fusion model's click probabilities over the full catalogue, one row per λ in
     ``RERANK_WEIGHTS``: what the tail gains and what accuracy it costs."""
-    accs = {
-        w: RankingAccumulator(data.train_counts, data.is_tail, k=config.k) for w in RERANK_WEIGHTS
-    }
+    k = config.k
+    accs = {w: RankingAccumulator(data.train_counts, data.is_tail, k=k) for w in RERANK_WEIGHTS}
+    cold_hits = dict.fromkeys(RERANK_WEIGHTS, 0)
     for start in range(0, len(holdout.users), config.eval_batch_users):
         rows = np.arange(start, min(start + config.eval_batch_users, len(holdout.users)))
         users, targets = holdout.users[rows], holdout.items[rows]
-        prob, p_tail = (
-            expit(np.asarray(score(users), dtype=np.float64)),
-            user_tail_appetite(data, users),
-        )
+        prob = expit(np.asarray(score(users), dtype=np.float64))
+        p_tail, cold = user_tail_appetite(data, users), data.hidden_items[targets]
         for weight, acc in accs.items():
             reranked, _ = rerank.rerank_scores(prob, data.is_tail, weight, p_tail)
             acc.add(reranked, targets, holdout.exclude[users])
-    return {f"{FUSION}+rerank λ={w:g}": acc.result() for w, acc in accs.items()}
+            ranks = _ranks(reranked, targets, holdout.exclude[users])
+            cold_hits[weight] += int((ranks < k)[cold].sum())
+    out = {}
+    n_cold = int(data.hidden_items[holdout.items].sum())
+    for weight, acc in accs.items():
+        out[f"{label}+rerank λ={weight:g}"] = result = acc.result()
+        if n_cold:
+            result[f"ColdHR@{k}"], result["n_cold_cases"] = cold_hits[weight] / n_cold, n_cold
+    return out
 
 
 def evaluate_models(model, data: ds.TrainingData, config: TrainConfig) -> dict[str, dict]:
@@ -208,10 +214,11 @@ def evaluate_models(model, data: ds.TrainingData, config: TrainConfig) -> dict[s
     score, proba = fusion_scorers(model, data, config)
     results[FUSION] = evaluate_scorer(score, data, holdout, config, proba)
     results[FUSION]["eval_seconds"] = round(time.perf_counter() - started, 2)
-    results.update(rerank_sweep(score, data, holdout, config))
+    results.update(rerank_sweep(score, data, holdout, config, FUSION))
     if data.test is not None:  # eval mode: also score the test with the validation item known
         latest, _ = fusion_scorers(model, data, config, histories_with_validation(data))
         results[FUSION_LATEST] = evaluate_scorer(latest, data, holdout, config, None)
+        results.update(rerank_sweep(latest, data, holdout, config, FUSION_LATEST))
     train, content = data.train_matrix(), data.content[:-1]
     for baseline in default_baselines(seed=config.seed):
         started = time.perf_counter()
