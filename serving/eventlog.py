@@ -201,7 +201,11 @@ class EventLog:
         self.retry_max_s = retry_max_s
         self.written = 0  # impression rows stored by this instance
         self.dropped = 0  # impression rows lost by this instance (also in ROWS_DROPPED)
-        self._queue: queue.Queue[Impression] = queue.Queue(maxsize=queue_size)
+        # One queue entry per response (not per row: a fifth of the hot path's logging
+        # cost); the bound is on rows, counted in _pending under _admit.
+        self.queue_size = queue_size
+        self._pending = 0  # rows queued and not yet taken by the writer
+        self._queue: queue.Queue[list[Impression]] = queue.Queue()
         self._admit = threading.Lock()  # makes a response's rows all-or-nothing
         self._count_lock = threading.Lock()
         self._stop = threading.Event()
@@ -226,13 +230,12 @@ class EventLog:
         if not rows:
             return True
         with self._admit:
-            room = self._queue.maxsize - self._queue.qsize()
-            if self._stop.is_set() or room < len(rows):
+            if self._stop.is_set() or self.queue_size - self._pending < len(rows):
                 self._count_dropped(len(rows))
                 return False
-            for row in rows:
-                self._queue.put_nowait(row)  # cannot fail: only the writer takes rows out
-        QUEUE_DEPTH.set(self._queue.qsize())
+            self._pending += len(rows)
+            self._queue.put_nowait(list(rows))  # unbounded queue: never blocks
+        QUEUE_DEPTH.set(self._pending)
         return True
 
     def _count_dropped(self, n: int) -> None:
@@ -247,10 +250,11 @@ class EventLog:
             if not batch:
                 return  # stopping, and everything queued is written
             self._write_with_retry(batch)
-            QUEUE_DEPTH.set(self._queue.qsize())
+            QUEUE_DEPTH.set(self._pending)
 
     def _next_batch(self) -> list[Impression]:
-        """Up to batch_size rows, sent flush_interval_s after the first one arrived.
+        """batch_size rows (or up to one response more), sent flush_interval_s after the
+        first one arrived.
 
         Waits in short slices so that close() is noticed at once; when stopping, takes
         what is queued without waiting. Returns [] only when stopping and the queue is empty.
@@ -262,16 +266,18 @@ class EventLog:
             timeout = min(POLL_S, until - time.monotonic())
             try:
                 if stopping or timeout <= 0:
-                    row = self._queue.get_nowait()
+                    rows = self._queue.get_nowait()
                 else:
-                    row = self._queue.get(timeout=timeout)
+                    rows = self._queue.get(timeout=timeout)
             except queue.Empty:
                 if stopping or time.monotonic() >= until:
                     break
                 continue
+            with self._admit:
+                self._pending -= len(rows)
             if not batch:
                 until = time.monotonic() + self.flush_interval_s
-            batch.append(row)
+            batch.extend(rows)
         return batch
 
     def _write_with_retry(self, batch: list[Impression]) -> None:
@@ -360,11 +366,11 @@ class EventLog:
         self._writer.join(timeout_s + 1.0)
         if self._writer.is_alive():
             log.error("event-log writer did not stop within %.1fs", timeout_s)
-        left = self._queue.qsize()
+        left = self._pending
         if left and not self._writer.is_alive():
             log.error("%d queued impressions lost at shutdown", left)
             self._count_dropped(left)
-        QUEUE_DEPTH.set(self._queue.qsize())
+        QUEUE_DEPTH.set(self._pending)
         self.engine.dispose()
 
     def __enter__(self) -> EventLog:
