@@ -63,11 +63,9 @@ impressions = sa.Table(
     sa.Column("is_tail", sa.Boolean, nullable=False),
     sa.Column("model_version", sa.String(MAX_ID_BYTES), nullable=False),
     sa.Column("shown_at", UTCDateTime, nullable=False),
-    # report: window scans, per model version; feedback joins by request or by user+item
+    # The hot, append-only table keeps one index: the report and the export read a time
+    # window and join feedback in memory. Each extra index is paid on every Rank call.
     sa.Index("ix_impressions_shown_at", "shown_at"),
-    sa.Index("ix_impressions_model_version_shown_at", "model_version", "shown_at"),
-    sa.Index("ix_impressions_request_item", "request_id", "item_id"),
-    sa.Index("ix_impressions_user_item_shown_at", "user_id", "item_id", "shown_at"),
 )
 
 feedback = sa.Table(
