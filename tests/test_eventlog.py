@@ -18,10 +18,7 @@ from serving.api.tailrank.v1 import ranking_pb2
 from serving.errors import ConfigError, Unavailable
 from serving.eventlog import EventLog, FeedbackRow, Impression, parse_feedback
 from serving.eventschema import feedback, impressions
-from tests.fixtures import eventlog as fixtures
 from tests.fixtures.eventlog import FAST, count_rows, outage
-
-event_url = fixtures.event_url  # the fixture, until conftest loads tests.fixtures.eventlog
 
 HOSTILE_IDS = [
     "it's",

@@ -20,11 +20,9 @@ import sqlalchemy as sa
 from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
 from serving.eventschema import feedback, impressions, make_engine
 from serving.report import Window, build_report
-from tests.fixtures import eventlog as fixtures
 from training import schema
 
 pytestmark = pytest.mark.integration
-event_url = fixtures.event_url  # the fixture, until conftest loads tests.fixtures.eventlog
 TIMEOUT = 10.0
 
 

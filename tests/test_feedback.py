@@ -15,10 +15,7 @@ from serving import events_cli
 from serving.api.tailrank.v1 import ranking_pb2
 from serving.errors import InvalidArgument
 from serving.eventlog import FeedbackRow, parse_feedback
-from tests.fixtures import eventlog as fixtures
 from tests.fixtures.eventlog import count_rows
-
-event_url = fixtures.event_url  # the fixture, until conftest loads tests.fixtures.eventlog
 
 GOOD = {"user_id": "u1", "item_id": "i1", "event_type": "click", "timestamp_ms": 1_700_000_000_000}
 

@@ -25,9 +25,6 @@ import pytest
 from serving import events_cli, report
 from serving.eventlog import EventLog, FeedbackRow, Impression
 from serving.eventschema import make_engine
-from tests.fixtures import eventlog as fixtures
-
-event_url = fixtures.event_url  # the fixture, until conftest loads tests.fixtures.eventlog
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 TAIL = {"t1", "t2", "t3", "t4"}
