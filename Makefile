@@ -84,7 +84,7 @@ lint: $(STAMP)  ## ruff check and format check
 protos: $(STAMP)  ## regenerate the checked-in gRPC stubs under serving/api
 	$(PY) protos/generate.py
 
-bench: $(RUN_DIR)/model.onnx $(FEATURES)/.materialized  ## every benchmark of docs/BENCHMARKS.md (about an hour)
+bench: $(RUN_DIR)/model.onnx $(FEATURES)/.materialized  ## every benchmark of docs/BENCHMARKS.md (tens of minutes)
 	$(PY) -m benchmarks.run
 
 clean:  ## remove built data, features and models (keeps .venv)

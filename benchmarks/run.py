@@ -1,6 +1,6 @@
 """Run every benchmark recorded in docs/BENCHMARKS.md, one after another (`make bench`).
 
-    python -m benchmarks.run                      # all of them (about an hour on 2 cores)
+    python -m benchmarks.run                      # all of them (tens of minutes on 2 cores)
     python -m benchmarks.run --only serving eventlog
     python -m benchmarks.run --list
 
