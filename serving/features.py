@@ -23,7 +23,8 @@ from training import schema
 
 log = logging.getLogger(__name__)
 
-# Feature refs serving needs whatever the manifest lists: model inputs, tail flag, title.
+# Feature refs serving needs whatever the manifest lists: model inputs and the tail flag.
+# (Titles are for people: serving.client reads them itself; the server never needs them.)
 ITEM_FIELDS = (schema.CONTENT_VEC, schema.INTERACTION_COUNT, schema.IS_TAIL)
 USER_FIELDS = (schema.HISTORY,)
 
@@ -37,7 +38,6 @@ class ItemRows:
     content: np.ndarray  # float32 [N, C]
     count: np.ndarray  # float32 [N]
     is_tail: np.ndarray  # bool [N]
-    titles: list[str]
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,6 @@ class ItemTable:
     content: np.ndarray
     count: np.ndarray
     is_tail: np.ndarray
-    titles: list[str]
 
 
 def _refs(view: str, fields: Iterable[str], extra: Sequence[str]) -> list[str]:
@@ -76,17 +75,14 @@ class FeatureClient:
         self.content_dim = content_dim
         refs = manifest_refs or {}
         self.user_refs = _refs(schema.USER_VIEW, USER_FIELDS, refs.get("user", []))
-        item_fields = list(ITEM_FIELDS)
         try:
-            view = self.store.get_feature_view(schema.ITEM_VIEW)
+            self.store.get_feature_view(schema.ITEM_VIEW)
         except Exception as exc:  # registry missing or view not applied
             raise ConfigError(
                 f"feature view {schema.ITEM_VIEW!r} not found in the registry of {repo} "
                 f"({type(exc).__name__}): run `feast apply` and `feast materialize` there"
             ) from exc
-        if schema.TITLE in {f.name for f in view.features}:
-            item_fields.append(schema.TITLE)
-        self.item_refs = _refs(schema.ITEM_VIEW, item_fields, refs.get("item", []))
+        self.item_refs = _refs(schema.ITEM_VIEW, ITEM_FIELDS, refs.get("item", []))
         self.sqlite_path = self._sqlite_file()
         self._inode: int | None = None
         self._table = _empty_table(content_dim)
@@ -150,10 +146,7 @@ class FeatureClient:
                 content[i] = vec
         count = np.array([c or 0 for c in rows.get(schema.INTERACTION_COUNT, [0] * n)])
         tail = np.array([t or 0 for t in rows.get(schema.IS_TAIL, [0] * n)])
-        titles = [t or "" for t in rows.get(schema.TITLE, [""] * n)]
-        return ItemRows(
-            list(ids), known, content, count.astype(np.float32), tail.astype(bool), titles
-        )
+        return ItemRows(list(ids), known, content, count.astype(np.float32), tail.astype(bool))
 
     def load_cache(self, item_ids: Sequence[str], batch_size: int = 500) -> int:
         """Fill a new table from Feast in batches, then swap it in; returns items held."""
@@ -181,7 +174,6 @@ class FeatureClient:
         content = table.content[idx] if len(table.row) else _zeros(len(ids), self.content_dim)
         count = table.count[idx] if len(table.row) else np.zeros(len(ids), np.float32)
         tail = table.is_tail[idx] if len(table.row) else np.zeros(len(ids), bool)
-        titles = [table.titles[r] if r >= 0 else "" for r in rows]
         known = hit.copy()
         n_hits = int(hit.sum())
         if n_hits < len(ids):
@@ -189,9 +181,7 @@ class FeatureClient:
             fetched = self.fetch_items([ids[i] for i in miss])
             known[miss], content[miss] = fetched.known, fetched.content
             count[miss], tail[miss] = fetched.count, fetched.is_tail
-            for j, i in enumerate(miss):
-                titles[i] = fetched.titles[j]
-        return ItemRows(list(ids), known, content, count, tail, titles), n_hits
+        return ItemRows(list(ids), known, content, count, tail), n_hits
 
     @property
     def cache_size(self) -> int:
@@ -207,7 +197,7 @@ def _zeros(n: int, dim: int) -> np.ndarray:
 
 
 def _empty_table(dim: int) -> ItemTable:
-    return ItemTable({}, _zeros(0, dim), np.zeros(0, np.float32), np.zeros(0, bool), [])
+    return ItemTable({}, _zeros(0, dim), np.zeros(0, np.float32), np.zeros(0, bool))
 
 
 def _table_from(parts: list[ItemRows], dim: int) -> ItemTable:
@@ -221,5 +211,4 @@ def _table_from(parts: list[ItemRows], dim: int) -> ItemTable:
         content=np.concatenate([p.content[k] for p, k in zip(parts, keep, strict=True)]),
         count=np.concatenate([p.count[k] for p, k in zip(parts, keep, strict=True)]),
         is_tail=np.concatenate([p.is_tail[k] for p, k in zip(parts, keep, strict=True)]),
-        titles=[t for p in parts for t, k in zip(p.titles, p.known, strict=True) if k],
     )

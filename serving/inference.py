@@ -96,7 +96,7 @@ class Model:
         """One ORT run for all candidates: (logit [N], prob [N]) as float32."""
         feeds = {name: getattr(batch, name) for name in self.input_names}
         logit, prob = self.session.run(["logit", "prob"], feeds)
-        return logit.astype(np.float32), prob.astype(np.float32)
+        return logit.astype(np.float32, copy=False), prob.astype(np.float32, copy=False)
 
     def warm_up(self, n: int = 8) -> None:
         """Run once on dummy inputs so the first real request pays no set-up cost."""

@@ -28,6 +28,7 @@ from serving import metrics, rerank
 from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
 from serving.config import ServerConfig
 from serving.errors import FailedPrecondition, InvalidArgument, status_for
+from serving.eventlog import Impression, parse_feedback
 from serving.features import FeatureClient, ItemRows
 from serving.inference import Batch, Model
 
@@ -173,8 +174,6 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         )
 
     def _feedback(self, request: ranking_pb2.FeedbackRequest) -> ranking_pb2.FeedbackResponse:
-        from serving.eventlog import parse_feedback
-
         if self.event_log is None:
             raise FailedPrecondition("event log disabled: start the server with --event-log-url")
         accepted = self.event_log.record_feedback(parse_feedback(request))
@@ -267,8 +266,6 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         """Queue the returned items as impressions; never blocks the hot path."""
         if self.event_log is None or not response.items:
             return
-        from serving.eventlog import Impression
-
         now = datetime.now(UTC)
         rows = [
             Impression(
