@@ -34,10 +34,20 @@ class Ranked:
     p_tail: float  # P(tail | user) that was used
 
 
-def tail_appetite(history_is_tail: Sequence[bool] | np.ndarray) -> float:
-    """P(tail | user): the Laplace-smoothed share of tail items in the user's history."""
+def tail_appetite(
+    history_is_tail: Sequence[bool] | np.ndarray, real: np.ndarray | None = None
+) -> float | np.ndarray:
+    """P(tail | user): the Laplace-smoothed share of tail items in the user's history.
+
+    One history [L] gives a float; a block [U, L] gives [U], with ``real`` [U, L] marking
+    the slots that hold an item (padding is neither tail nor counted)."""
     flags = np.asarray(history_is_tail, dtype=bool)
-    return float((flags.sum() + 1.0) / (flags.size + 2.0))
+    if real is not None:
+        real = np.asarray(real, dtype=bool)
+        flags = flags & real
+    n = flags.shape[-1] if real is None else real.sum(axis=-1)
+    share = (flags.sum(axis=-1) + 1.0) / (n + 2.0)
+    return float(share) if np.ndim(share) == 0 else share
 
 
 def rerank_scores(

@@ -98,3 +98,11 @@ def test_raising_the_weight_never_lowers_the_tail_share_of_a_top_k() -> None:
         acc.add(rerank_scores(prob, tail, weight, p_tail)[0], targets, exclude)
         aplt.append(acc.result()["APLT@10"])
     assert aplt == sorted(aplt) and aplt[-1] > aplt[0]
+
+
+def test_block_appetite_matches_one_user_at_a_time_and_ignores_padding() -> None:
+    flags = np.array([[1, 1, 0, 1], [0, 1, 0, 0]], dtype=bool)
+    real = np.array([[False, True, True, True], [True, True, True, True]])
+    block = tail_appetite(flags, real)
+    assert block[0] == pytest.approx(tail_appetite([1, 0, 1]))  # the padded slot is dropped
+    assert block[1] == pytest.approx(tail_appetite([0, 1, 0, 0]))

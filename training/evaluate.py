@@ -174,8 +174,7 @@ def user_tail_appetite(data: ds.TrainingData, users: np.ndarray) -> np.ndarray:
     """[u, 1] P(tail | user) from each user's (train) history, as the server computes it."""
     hist = data.histories[users]
     real = hist != data.pad
-    tail = np.where(real, data.is_tail[np.clip(hist, 0, data.n_catalogue - 1)], False)
-    return ((tail.sum(axis=1) + 1.0) / (real.sum(axis=1) + 2.0))[:, None]
+    return rerank.tail_appetite(data.is_tail[np.clip(hist, 0, data.n_catalogue - 1)], real)[:, None]
 
 
 def rerank_sweep(
@@ -195,8 +194,9 @@ def rerank_sweep(
         for weight, acc in accs.items():
             reranked, _ = rerank.rerank_scores(prob, data.is_tail, weight, p_tail)
             acc.add(reranked, targets, holdout.exclude[users])
-            ranks = _ranks(reranked, targets, holdout.exclude[users])
-            cold_hits[weight] += int((ranks < k)[cold].sum())
+            if cold.any():  # only cold-item runs have hidden targets
+                ranks = _ranks(reranked, targets, holdout.exclude[users])
+                cold_hits[weight] += int((ranks < k)[cold].sum())
     out = {}
     n_cold = int(data.hidden_items[holdout.items].sum())
     for weight, acc in accs.items():
