@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training import encoder, features, schema
+from training import data, encoder, features, schema
 
 T0 = pd.Timestamp("2024-01-01", tz="UTC")
 
@@ -189,3 +189,24 @@ def test_cli_help_and_bad_encoder_exit_code(tiny_dataset_dir: Path, tmp_path: Pa
     rc = features.main(["--data", str(tiny_dataset_dir), "--out", str(tmp_path / "o"),
                         "--encoder", str(tmp_path / "nope")])  # fmt: skip
     assert rc == 2 and not (tmp_path / "o").exists()
+
+
+def test_numeric_ids_tie_the_same_way_in_split_stats_and_histories() -> None:
+    # ten items, one user, one timestamp: only the id order decides
+    ids = [str(i) for i in range(1, 11)]
+    inter = pd.DataFrame(
+        {
+            schema.USER_ID: "u",
+            schema.ITEM_ID: ids[::-1],
+            schema.TIMESTAMP: pd.to_datetime([5] * 10, unit="s", utc=True),
+            schema.EVENT: "view",
+            schema.VALUE: np.nan,
+        }
+    )
+    stats = features.item_statistics(inter, ids)
+    assert stats[schema.POPULARITY_RANK].tolist() == list(range(1, 11))  # "10" ranks last
+    head = stats[schema.POPULARITY_RANK] <= int(np.floor(schema.HEAD_SHARE * len(ids)))
+    assert (stats[schema.IS_TAIL] == (~head).astype(int)).all()
+    _, _, test = data.leave_last_out(inter)
+    history = features.user_histories(inter, history_len=3).loc["u", schema.HISTORY]
+    assert list(history) == ["8", "9", "10"] and history[-1] == test[schema.ITEM_ID].iloc[0]

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from training import features, schema
+from training.tables import sort_interactions
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def _index(values: pd.Series, ids: np.ndarray, what: str) -> np.ndarray:
 
 
 def _sort_events(df: pd.DataFrame) -> pd.DataFrame:
-    return df.sort_values([schema.USER_ID, schema.TIMESTAMP, schema.ITEM_ID], kind="mergesort")
+    return sort_interactions(df, by=(schema.USER_ID, schema.TIMESTAMP, schema.ITEM_ID))
 
 
 def _holdout(df: pd.DataFrame, seen: pd.DataFrame, users: np.ndarray, items: np.ndarray):

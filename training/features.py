@@ -39,6 +39,7 @@ from training.encoder import (
     embed_texts,
     encoder_description,
 )
+from training.tables import sort_interactions
 
 __all__ = [
     "FeatureStoreUnavailableError",
@@ -122,9 +123,9 @@ def item_statistics(interactions: pd.DataFrame, item_ids: pd.Index | list[str]) 
     ids = pd.Index(pd.Index(item_ids).astype(str), name=schema.ITEM_ID)
     grouped = interactions.groupby(interactions[schema.ITEM_ID].astype(str))
     counts = grouped.size().reindex(ids, fill_value=0).astype("int64")
-    order = pd.DataFrame({"item": ids, "n": counts.to_numpy()}).sort_values(
-        ["n", "item"], ascending=[False, True], kind="mergesort"
-    )
+    order = pd.DataFrame(
+        {"item": ids, "n": counts.to_numpy(), "id": schema.id_order_codes(ids)}
+    ).sort_values(["n", "id"], ascending=[False, True], kind="mergesort")
     rank = pd.Series(np.arange(1, len(ids) + 1, dtype="int64"), index=order["item"].to_numpy())
     first_seen = grouped[schema.TIMESTAMP].min().reindex(ids)
     return pd.DataFrame(
@@ -151,7 +152,7 @@ def user_histories(
     df = interactions[[schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP]].astype(
         {schema.USER_ID: str, schema.ITEM_ID: str}
     )
-    df = df.sort_values([schema.USER_ID, schema.TIMESTAMP, schema.ITEM_ID], kind="mergesort")
+    df = sort_interactions(df, by=(schema.USER_ID, schema.TIMESTAMP, schema.ITEM_ID))
     last = df.groupby(schema.USER_ID, sort=True).tail(history_len)
     users, items = last[schema.USER_ID].to_numpy(), last[schema.ITEM_ID].to_numpy()
     # rows are grouped by user already: split at each change of user (no per-group Python)

@@ -11,6 +11,7 @@ item is missing from the items table are kept and the item is added without text
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,12 +226,13 @@ def clean_entities(df: pd.DataFrame | None, key: str, seen: pd.Series, file: str
     return df
 
 
-def sort_interactions(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows in ``SORT_KEYS`` order: np.lexsort over integer codes, much faster than
-    sorting the string columns directly at 10M rows (codes of a sorted factorize keep
-    the strings' order)."""
+def sort_interactions(df: pd.DataFrame, by: Sequence[str] = tuple(SORT_KEYS)) -> pd.DataFrame:
+    """Rows in ``by`` order (default ``SORT_KEYS``), ids in ``schema.id_order_codes``
+    order: np.lexsort over integer codes, much faster than sorting the string columns
+    directly at 10M rows. Every part that orders interactions (split, feature histories,
+    training events) goes through here, so they agree on ties."""
     keys = []
-    for col in reversed(SORT_KEYS):  # lexsort: the last key is the primary one
+    for col in reversed(list(by)):  # lexsort: the last key is the primary one
         values = df[col]
         if isinstance(values.dtype, pd.DatetimeTZDtype):
             keys.append(values.astype("int64").to_numpy())  # ns since epoch, UTC
