@@ -29,13 +29,13 @@ from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
 from serving.config import ServerConfig
 from serving.errors import FailedPrecondition, InvalidArgument, status_for
 from serving.eventlog import Impression, parse_feedback
+from serving.eventschema import MAX_ID_BYTES
 from serving.features import FeatureClient, ItemRows
 from serving.inference import Batch, Model
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name
-MAX_ID_BYTES = 256
 MAX_REQUEST_ID_BYTES = 128
 UNKNOWN_ITEM = "unknown item: not in the feature store"
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -66,6 +66,8 @@ def _check_id(name: str, value: str) -> None:
         raise InvalidArgument(f"{name} is empty: send a non-empty id")
     if len(value.encode()) > MAX_ID_BYTES:
         raise InvalidArgument(f"{name} is {len(value.encode())} bytes: ids are at most 256 bytes")
+    if "\x00" in value:  # PostgreSQL text cannot hold it: the event log would reject the row
+        raise InvalidArgument(f"{name} contains a NUL character: remove it")
 
 
 def validate(request: ranking_pb2.RankRequest, max_candidates: int, tail_weight: float) -> RankArgs:
@@ -80,8 +82,9 @@ def validate(request: ranking_pb2.RankRequest, max_candidates: int, tail_weight:
             "split the request"
         )
     # fast path: only ids of more than 64 characters can exceed 256 UTF-8 bytes
+    nul = "\x00" in "".join(candidates)  # one C-level scan instead of one per id
     for i, item in enumerate(candidates):
-        if not item or len(item) > MAX_ID_BYTES // 4:
+        if not item or len(item) > MAX_ID_BYTES // 4 or (nul and "\x00" in item):
             _check_id(f"candidate_ids[{i}]", item)
     if len(set(candidates)) != len(candidates):
         seen: set[str] = set()
@@ -96,6 +99,8 @@ def validate(request: ranking_pb2.RankRequest, max_candidates: int, tail_weight:
     request_id = request.request_id or uuid.uuid4().hex
     if len(request_id.encode()) > MAX_REQUEST_ID_BYTES:
         raise InvalidArgument("request_id is longer than 128 bytes: send a shorter id")
+    if "\x00" in request_id:
+        raise InvalidArgument("request_id contains a NUL character: remove it")
     return RankArgs(
         request.user_id, candidates, request.top_k, tail_weight, request_id, request.explain
     )

@@ -96,6 +96,9 @@ def test_valid_request_gets_defaults_and_a_request_id() -> None:
         ({"top_k": -3}, "top_k is -3"),
         ({"tail_weight": -0.5}, "tail_weight is -0.5"),
         ({"request_id": "x" * 129}, "request_id is longer than 128 bytes"),
+        ({"user_id": "a\x00b"}, "user_id contains a NUL"),
+        ({"candidate_ids": ["a", "b\x00"]}, "candidate_ids[1] contains a NUL"),
+        ({"request_id": "r\x00"}, "request_id contains a NUL"),
     ],
 )
 def test_invalid_requests_say_what_to_fix(fields: dict, message: str) -> None:
