@@ -263,22 +263,26 @@ def causal_histories(
     return np.where(valid, data.train_items[np.clip(idx, 0, None)], data.pad)
 
 
-def user_side(data: TrainingData, users: np.ndarray, histories: np.ndarray) -> dict:
-    """Model user-side tensors for catalogue users and [n, L] catalogue history items."""
+def user_side(
+    data: TrainingData, users: np.ndarray, histories: np.ndarray, content: bool = True
+) -> dict:
+    """Model user-side tensors for catalogue users and [n, L] catalogue history items.
+    ``content=False`` leaves ``hist_content`` None (training batches fill it with rows)."""
     hist = torch.from_numpy(histories)
     return {
         "user_idx": torch.from_numpy(data.user_to_vocab[users]),
         "hist_idx": torch.from_numpy(data.item_to_vocab[histories]),
-        "hist_content": torch.from_numpy(data.content[histories]),
+        "hist_content": torch.from_numpy(data.content[histories]) if content else None,
         "hist_mask": (hist != data.pad).float(),
     }
 
 
-def item_side(data: TrainingData, items: np.ndarray) -> dict:
-    """Model candidate tensors for catalogue items of any shape [...]."""
+def item_side(data: TrainingData, items: np.ndarray, content: bool = True) -> dict:
+    """Model candidate tensors for catalogue items of any shape [...]; ``content=False``
+    leaves ``item_content`` None (training batches fill it with rows)."""
     counts = np.r_[data.train_counts, 0].astype(np.float32)
     return {
         "item_idx": torch.from_numpy(data.item_to_vocab[items]),
-        "item_content": torch.from_numpy(data.content[items]),
+        "item_content": torch.from_numpy(data.content[items]) if content else None,
         "item_count": torch.from_numpy(counts[items]),
     }

@@ -110,8 +110,8 @@ def make_batch(
         logq = np.zeros_like(logq)
     rows, inverse = np.unique(np.concatenate([hist.ravel(), cands.ravel()]), return_inverse=True)
     batch = ds.Batch(
-        **ds.user_side(data, users, hist),
-        **ds.item_side(data, cands),
+        **ds.user_side(data, users, hist, content=False),
+        **ds.item_side(data, cands, content=False),
         labels=torch.from_numpy(labels),
         logq=torch.from_numpy(logq.astype(np.float32)),
         content_table=torch.from_numpy(data.content[rows]),
