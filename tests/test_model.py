@@ -51,12 +51,17 @@ def test_contract_and_training_shapes(model: torch.nn.Module) -> None:
     assert torch.allclose(prob, torch.sigmoid(logit))
 
 
-def test_one_user_broadcasts_like_a_batch_of_copies(model: torch.nn.Module) -> None:
-    """Candidates [N] for one user equal a [1, N] batch: serving and training agree."""
-    inputs = contract_inputs(6, 3)
-    single = model(*inputs)
-    batched = model(*inputs[:4], *(t.unsqueeze(0) for t in inputs[4:]))
-    assert torch.allclose(single, batched[0], atol=1e-6)
+def test_serving_contract_and_training_rows_path_agree(model: torch.nn.Module) -> None:
+    """Candidates [N] for one user (the ONNX contract, content as vectors) score as the
+    training path does (content as rows of a per-batch table, `score_rows`)."""
+    user, hist_idx, hist_content, hist_mask, item_idx, item_content, count = contract_inputs(6, 3)
+    single = model(user, hist_idx, hist_content, hist_mask, item_idx, item_content, count)
+    table = torch.cat([hist_content[0], item_content])  # rows 0..2 history, 3..8 candidates
+    hist_rows, item_rows = torch.arange(3)[None, :], torch.arange(3, 9)[None, :]
+    rows = model.score_rows(
+        user, hist_idx, hist_rows, hist_mask, item_idx[None, :], item_rows, count[None, :], table
+    )
+    assert torch.allclose(single, rows[0], atol=1e-6)
 
 
 def test_masked_history_slots_do_not_matter(model: torch.nn.Module) -> None:
