@@ -45,7 +45,8 @@ def read_candidates(args: argparse.Namespace) -> list[str]:
     """Candidate ids from --candidates or --candidates-from-file (blank lines skipped)."""
     if args.candidates is not None:
         return [c.strip() for c in args.candidates.split(",") if c.strip()]
-    return [line.strip() for line in args.candidates_from_file.read_text().splitlines() if line]
+    lines = args.candidates_from_file.read_text().splitlines()
+    return [line.strip() for line in lines if line.strip()]
 
 
 def rank(target: str, request: ranking_pb2.RankRequest, timeout_s: float):

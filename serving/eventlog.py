@@ -175,7 +175,6 @@ class EventLog:
     ) -> None:
         if queue_size < 1 or batch_size < 1 or flush_interval_s <= 0:
             raise ConfigError("event log: queue_size, batch_size and flush_interval_s must be > 0")
-        self.url = url
         self.engine = make_engine(url, connect_timeout_s)
         try:
             create_tables(self.engine)

@@ -119,7 +119,7 @@ def test_features_files_follow_the_contract(tiny_features_dir: Path) -> None:
     expected_tail = schema.head_tail_flags(counts)
     assert items[schema.IS_TAIL].tolist() == expected_tail.tolist()
     assert all(isinstance(json.loads(a), dict) for a in users[schema.USER_ATTRIBUTES])
-    summary = json.loads((tiny_features_dir / features.FEATURES_SUMMARY_FILE).read_text())
+    summary = json.loads((tiny_features_dir / schema.FEATURES_SUMMARY_FILE).read_text())
     assert summary["items"] == len(items) and summary["content_dim"] == 384
 
 

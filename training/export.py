@@ -4,8 +4,8 @@ Run::
 
     python -m training.export --run artifacts/movielens-100k [--quantize int8]
 
-Writes `model.onnx`, `vocab.json` and `manifest.json` into the run dir (docs/ARCHITECTURE.md
-section 3), each atomically and only after every check passed:
+Writes `model.onnx` and `manifest.json` into the run dir, beside training's `vocab.json`
+(docs/ARCHITECTURE.md section 3), each atomically and only after every check passed:
 
 - exporter: `torch.onnx.export(..., dynamo=False)`, the TorchScript tracer, at opset 17.
   It is chosen because it turns the model into a flat graph with `dynamic_axes` for N and
@@ -254,7 +254,6 @@ def build_manifest(run_dir: Path, payload: dict, onnx_file: str, extra: dict) ->
         "content_dim": c,
         "embedding_dim": config["embedding_dim"],
         "history_len": config["history_len"],
-        "encoder": ENCODER,
         "feature_service": schema.FEATURE_SERVICE,
         "feature_refs": FEATURE_REFS,
         "head_tail": payload.get("head_tail", {"head_share": schema.HEAD_SHARE}),
@@ -288,7 +287,6 @@ def export_run(run_dir: Path, quantize: str | None = None, features_dir: Path | 
             write_bytes_atomic(run_dir / INT8_FILE, int8.read_bytes())
             onnx_file = INT8_FILE
         write_bytes_atomic(run_dir / ONNX_FILE, fp32.read_bytes())
-    write_json_atomic(run_dir / VOCAB_FILE, vocab)
     extra["export_seconds"] = round(time.perf_counter() - started, 2)
     manifest = build_manifest(run_dir, payload, onnx_file, extra)
     write_json_atomic(run_dir / MANIFEST_FILE, manifest)
