@@ -53,14 +53,15 @@ def test_contract_and_training_shapes(model: torch.nn.Module) -> None:
 
 def test_serving_contract_and_training_rows_path_agree(model: torch.nn.Module) -> None:
     """Candidates [N] for one user (the ONNX contract, content as vectors) score as the
-    training path does (content as rows of a per-batch table, `score_rows`)."""
+    training path does (content as rows of a per-batch table, projected once, then
+    `encode_user` + `score_candidates` as in `training.train.train_epoch`)."""
     user, hist_idx, hist_content, hist_mask, item_idx, item_content, count = contract_inputs(6, 3)
     single = model(user, hist_idx, hist_content, hist_mask, item_idx, item_content, count)
     table = torch.cat([hist_content[0], item_content])  # rows 0..2 history, 3..8 candidates
     hist_rows, item_rows = torch.arange(3)[None, :], torch.arange(3, 9)[None, :]
-    rows = model.score_rows(
-        user, hist_idx, hist_rows, hist_mask, item_idx[None, :], item_rows, count[None, :], table
-    )
+    proj = model.content_proj(table)
+    side = model.encode_user(user, hist_idx, proj[hist_rows], hist_mask)
+    rows = model.score_candidates(side, item_idx[None, :], proj[item_rows], count[None, :])
     assert torch.allclose(single, rows[0], atol=1e-6)
 
 
@@ -125,7 +126,12 @@ def test_item_counts_buffer_must_match_vocabulary() -> None:
         build_model(TrainConfig(content_dim=C), USERS, ITEMS, torch.zeros(3))
 
 
-def test_history_order_matters_only_through_recency(model: torch.nn.Module) -> None:
+def test_history_order_matters_only_through_recency() -> None:
+    """Without the sequence part, the DIN attention sees order only via recency vectors."""
+    torch.manual_seed(0)
+    config = TrainConfig(content_dim=C, embedding_dim=8, attention_dim=4, seq_layers=0)
+    model = build_model(config, USERS, ITEMS, torch.arange(ITEMS + 1.0)).eval()
+    assert model.sequence is None
     inputs = contract_inputs(5, 4)
     flipped = [*inputs[:1], inputs[1].flip(1), inputs[2].flip(1), *inputs[3:]]
     assert torch.allclose(model(*inputs), model(*flipped), atol=1e-5)  # recency rows start at 0
@@ -134,3 +140,42 @@ def test_history_order_matters_only_through_recency(model: torch.nn.Module) -> N
     assert not torch.allclose(model(*inputs), model(*flipped), atol=1e-5)
     no_recency = TrainConfig(content_dim=C, embedding_dim=8, recency=False)
     assert build_model(no_recency, USERS, ITEMS).attention.recency is None
+
+
+def _encode(model: torch.nn.Module, inputs: list[torch.Tensor]):
+    user, hist_idx, hist_content, hist_mask = inputs[:4]
+    return model.encode_user(user, hist_idx, model.content_proj(hist_content), hist_mask)
+
+
+def test_sequence_state_reads_the_newest_item_and_is_zero_without_history(
+    model: torch.nn.Module,
+) -> None:
+    inputs = contract_inputs(5, 4)
+    state = _encode(model, inputs).seq
+    assert state.shape == (1, 1, 8) and state.abs().sum() > 0
+    newer = [*inputs[:1], inputs[1].clone(), inputs[2].clone(), *inputs[3:]]
+    newer[1][0, -1], newer[2][0, -1] = 9, torch.randn(C)  # a different newest item
+    assert not torch.allclose(state, _encode(model, newer).seq)
+    empty = [*inputs[:1], torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, C),
+             torch.zeros(1, 1), *inputs[4:]]  # fmt: skip
+    assert torch.equal(_encode(model, empty).seq, torch.zeros(1, 1, 8))
+
+
+def test_catalogue_logits_are_the_dot_product_part(model: torch.nn.Module) -> None:
+    """(u + s).v for every vocabulary item, and `drop` shows an item as a new one."""
+    inputs = contract_inputs(5, 3)
+    side = _encode(model, inputs)
+    vocab_proj = model.content_proj(torch.randn(ITEMS + 1, C))
+    full = model.catalogue_logits(side, vocab_proj)
+    assert full.shape == (1, ITEMS + 1)
+    idx = torch.arange(ITEMS + 1)
+    items = model.item_repr(idx, vocab_proj, model.item_counts)
+    assert torch.allclose(full[0], items @ (side.user + side.seq)[0, 0], atol=1e-5)
+    drop = torch.zeros(ITEMS + 1, dtype=torch.bool)
+    drop[4] = True
+    dropped = model.catalogue_logits(side, vocab_proj, drop)
+    new_item = model.item_repr(torch.tensor([0]), vocab_proj[4:5], torch.zeros(1))
+    assert torch.allclose(dropped[0, 4], (new_item @ (side.user + side.seq)[0, 0])[0], atol=1e-5)
+    assert torch.allclose(dropped[0, :4], full[0, :4]) and not torch.isclose(
+        dropped[0, 4], full[0, 4]
+    )

@@ -264,3 +264,36 @@ def test_evaluation_reports_rerank_sweep_and_latest_history(trained_run: Path) -
     aplt += [models[f"FusionCTR+rerank λ={w:g}"]["APLT@10"] for w in RERANK_WEIGHTS]
     assert f"{FUSION_LATEST}+rerank λ=0.1" in models
     assert aplt == sorted(aplt)  # a larger tail weight never shows less of the tail
+
+
+def test_catalogue_softmax_is_cross_entropy_over_every_vocabulary_item(cluster_dirs) -> None:
+    """vocab_content lines content up with vocabulary rows; catalogue_loss is the softmax
+    of the positive against all items (the reserved row never wins), and it learns."""
+    from torch.nn import functional as F
+
+    from training.model import build_model
+    from training.train import catalogue_loss, vocab_content
+
+    data = ds.load_training_data(*cluster_dirs, "eval", 10, 0.0, 0)
+    content = vocab_content(data)
+    assert content.shape == (len(data.item_vocab) + 1, DIM) and not content[0].any()
+    for pos, item in enumerate(data.item_vocab, start=1):
+        row = int(np.flatnonzero(data.item_ids == item)[0])
+        assert torch.equal(content[pos], torch.from_numpy(data.content[row]))
+    config = TrainConfig.from_dict({**CONFIG, "content_dim": DIM})
+    torch.manual_seed(0)
+    model = build_model(config, len(data.user_vocab), len(data.item_vocab))
+    events = np.arange(len(data.train_items))
+    users = data.train_users[events]
+    hist = ds.causal_histories(data, events, 10)
+    side_in = ds.user_side(data, users, hist)
+    side = model.encode_user(
+        side_in["user_idx"], side_in["hist_idx"], model.content_proj(side_in["hist_content"]),
+        side_in["hist_mask"],
+    )  # fmt: skip
+    targets = torch.from_numpy(data.item_to_vocab[data.train_items[events]])
+    full = model.catalogue_logits(side, model.content_proj(content))
+    expected = F.cross_entropy(torch.cat([full[:, :1] * 0 - 1e9, full[:, 1:]], 1), targets)
+    loss = catalogue_loss(model, side, model.content_proj(content), targets)
+    assert torch.isclose(loss, expected)
+    assert loss > np.log(len(data.item_vocab)) * 0.5  # untrained: near-uniform over items

@@ -37,7 +37,7 @@ class Batch:
 
     In training batches `content_table` [R, C] holds the content of the R distinct items of
     the batch and `hist_content` / `item_content` are int64 rows into it, so each item's
-    content is projected once per step (`FusionCTR.score_rows`).
+    content is projected once per step (`training.train.train_epoch`).
     """
 
     user_idx: Tensor  # [B] int64

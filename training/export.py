@@ -127,8 +127,9 @@ def load_run(run_dir: Path) -> tuple[FusionCTR, dict, dict]:
         raise ExportError(f"{path} not found: train first with `python -m training.train`")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        # runs saved before the `recency` option existed were trained without it
-        config = TrainConfig.from_dict({"recency": False, **payload["config"]})
+        # runs saved before an option existed were trained without it
+        before = {"recency": False, "seq_layers": 0, "catalogue_softmax": 0.0}
+        config = TrainConfig.from_dict({**before, **payload["config"]})
         payload["config"] = config.to_dict()
         state = payload["state_dict"]
     except Exception as exc:  # any unpickling/zip error means the file is unusable

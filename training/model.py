@@ -14,7 +14,15 @@ Parts, for a user u with history h_1..h_L and a candidate item i:
   learned vector per position counted from the newest item). Padding slots get a large
   finite negative score, never -inf, so an empty history gives a zero interest vector and
   finite logits;
-- fusion: MLP over [u, item, interest, u*item, interest*item, u.item, log1p(count)].
+- sequence: a small Transformer encoder (SASRec-like, `seq_layers` blocks of
+  self-attention over the history, a learned vector per position from the newest) whose
+  output at the newest slot is the user's sequence state s. It does not depend on the
+  candidate, so (u + s).item is a dot product over the whole catalogue: training adds a
+  full-catalogue softmax on it (`training.train`), which is what teaches the ranking
+  against every item, not only against a few sampled negatives;
+- fusion: MLP over [u, item, interest, u*item, interest*item, u.item, log1p(count)] (plus
+  [s, s*item, s.item] with the sequence part); u.item and s.item are also added to the
+  logit directly.
 
 `FusionCTR.score` takes user-side tensors with batch B (or 1) and candidates [B or 1, M];
 `FusionCTR.forward` also accepts the ONNX contract of docs/ARCHITECTURE.md section 3
@@ -23,6 +31,8 @@ Import only: training runs through `python -m training.train`.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -78,6 +88,81 @@ class DinAttention(nn.Module):
         return torch.matmul(weights, hist)  # [B', M, d]
 
 
+class SelfAttentionBlock(nn.Module):
+    """Pre-norm multi-head self-attention + feed-forward over [B, L, d], key-masked.
+
+    Written with plain matmuls (no nn.MultiheadAttention fast path) so the ONNX graph is
+    the same ops in training and export; masked keys get MASK_VALUE, never -inf.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"embedding_dim {dim} must be a multiple of seq_heads {heads}")
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
+        """x [B, L, d], mask [B, L] (1 = real item) -> [B, L, d], or [B, 1, d] for the
+        newest slot alone with `last_only` (all that the encoder's last block must give)."""
+        b, length, d = x.shape
+        heads, dh = self.heads, d // self.heads
+        normed = self.norm1(x)
+        k, v = self.key(normed), self.value(normed)
+        if last_only:
+            x, normed = x[:, -1:], normed[:, -1:]
+        q = self.query(normed).reshape(b, -1, heads, dh).transpose(1, 2)  # [B, H, Lq, dh]
+        k, v = (t.reshape(b, length, heads, dh).transpose(1, 2) for t in (k, v))
+        scores = torch.matmul(q, k.transpose(-1, -2)) * dh**-0.5  # [B, H, Lq, L]
+        keys = mask[:, None, None, :]
+        scores = scores * keys + (1.0 - keys) * MASK_VALUE
+        att = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2).reshape(b, -1, d)
+        x = x + self.drop(self.proj(att))
+        return x + self.drop(self.ffn(self.norm2(x)))
+
+
+class SequenceEncoder(nn.Module):
+    """The user's sequence state s [B, d] from history representations [B, L, d].
+
+    Histories are oldest first and left-padded, so the last slot is the newest item; its
+    output (which attends over every real item) is s. An empty history gives s = 0.
+    """
+
+    def __init__(self, dim: int, layers: int, heads: int, max_len: int, dropout: float) -> None:
+        super().__init__()
+        self.position = nn.Embedding(max_len, dim)  # counted from the newest item
+        nn.init.normal_(self.position.weight, std=0.02)
+        self.blocks = nn.ModuleList(SelfAttentionBlock(dim, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, hist: Tensor, mask: Tensor) -> Tensor:
+        length = hist.shape[1]
+        steps = torch.arange(length, device=hist.device)
+        from_end = torch.clamp(length - 1 - steps, max=self.position.num_embeddings - 1)
+        x = (hist + self.position(from_end).unsqueeze(0)) * mask.unsqueeze(-1)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, last_only=i == len(self.blocks) - 1)
+        any_real = mask.amax(dim=1, keepdim=True)  # [B, 1]: 0 for an empty history
+        return self.norm(x[:, -1]) * any_real
+
+
+class UserSide(NamedTuple):
+    """A user's encoded inputs: u [B, 1, d], s [B, 1, d] (None without the sequence part),
+    history representations [B, L, d] and their mask [B, L]."""
+
+    user: Tensor
+    seq: Tensor | None
+    hist: Tensor
+    mask: Tensor
+
+
 class FusionCTR(nn.Module):
     """Click logit for (user, candidate) from IDs, content, counts and history."""
 
@@ -98,8 +183,13 @@ class FusionCTR(nn.Module):
         self.attention = DinAttention(
             d, config.attention_dim, config.attention_rank, config.history_len * config.recency
         )
+        self.sequence = (
+            SequenceEncoder(d, config.seq_layers, config.seq_heads, config.history_len,
+                            config.dropout)
+            if config.seq_layers > 0 else None
+        )  # fmt: skip
         layers: list[nn.Module] = []
-        width = 5 * d + 2
+        width = 5 * d + 2 + (2 * d + 1 if self.sequence is not None else 0)
         for hidden in config.mlp_dims:
             layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(config.dropout)]
             width = hidden
@@ -115,6 +205,30 @@ class FusionCTR(nn.Module):
         """Gate-mixed ID and (already projected) content representation: idx [...]."""
         gate = torch.sigmoid(self.gate_scale * torch.log1p(count) + self.gate_bias)
         return gate.unsqueeze(-1) * self.item_emb(idx) + (1.0 - gate.unsqueeze(-1)) * projected
+
+    def encode_user(
+        self, user_idx: Tensor, hist_idx: Tensor, hist_proj: Tensor, hist_mask: Tensor
+    ) -> UserSide:
+        """The candidate-independent part: computed once per user, shared by all items."""
+        hist = self.item_repr(hist_idx, hist_proj, self.item_counts[hist_idx])
+        user = self.user_emb(user_idx).unsqueeze(1)
+        seq = None if self.sequence is None else self.sequence(hist, hist_mask).unsqueeze(1)
+        return UserSide(user, seq, hist, hist_mask)
+
+    def catalogue_logits(
+        self, side: UserSide, vocab_proj: Tensor, drop: Tensor | None = None
+    ) -> Tensor:
+        """[B, n_items + 1] (u + s).v over every vocabulary item (row 0, unknown, included):
+        the dot-product part of the logit, for the full-catalogue softmax in training.
+        `drop` [n_items + 1] bool shows those items as new ones (unknown row, count 0), so
+        that content-only items learn to compete with the whole catalogue too."""
+        query = side.user if side.seq is None else side.user + side.seq
+        idx = torch.arange(vocab_proj.shape[0], device=vocab_proj.device)
+        counts = self.item_counts
+        if drop is not None:
+            idx, counts = idx.masked_fill(drop, 0), counts.masked_fill(drop, 0.0)
+        items = self.item_repr(idx, vocab_proj, counts)  # [n_items + 1, d]
+        return query.squeeze(1) @ items.T
 
     def score(
         self,
@@ -133,23 +247,6 @@ class FusionCTR(nn.Module):
             user_idx, hist_idx, hist_proj, hist_mask, item_idx, item_proj, item_count
         )
 
-    def score_rows(
-        self,
-        user_idx: Tensor,
-        hist_idx: Tensor,
-        hist_rows: Tensor,
-        hist_mask: Tensor,
-        item_idx: Tensor,
-        item_rows: Tensor,
-        item_count: Tensor,
-        table: Tensor,
-    ) -> Tensor:
-        """As `score`, with content given as rows of `table` [R, C] (projected once each)."""
-        proj = self.content_proj(table)
-        return self.score_projected(
-            user_idx, hist_idx, proj[hist_rows], hist_mask, item_idx, proj[item_rows], item_count
-        )
-
     def score_projected(
         self,
         user_idx: Tensor,
@@ -161,16 +258,27 @@ class FusionCTR(nn.Module):
         item_count: Tensor,
     ) -> Tensor:
         """The network after the content projection; see the module docstring."""
-        user = self.user_emb(user_idx).unsqueeze(1)  # [B, 1, d]
-        hist = self.item_repr(hist_idx, hist_proj, self.item_counts[hist_idx])
+        side = self.encode_user(user_idx, hist_idx, hist_proj, hist_mask)
+        return self.score_candidates(side, item_idx, item_proj, item_count)
+
+    def score_candidates(
+        self, side: UserSide, item_idx: Tensor, item_proj: Tensor, item_count: Tensor
+    ) -> Tensor:
+        """Logits [B', M] of candidates [Bc, M] for an encoded user side (B users)."""
         item = self.item_repr(item_idx, item_proj, item_count)  # [Bc, M, d]
-        interest = self.attention(item, hist, hist_mask)  # [B', M, d]
-        user = user.expand_as(interest)
+        interest = self.attention(item, side.hist, side.mask)  # [B', M, d]
+        user = side.user.expand_as(interest)
         item = item.expand_as(interest)
         mf = (user * item).sum(-1, keepdim=True)
         log_count = torch.log1p(item_count).unsqueeze(-1).expand_as(mf)
-        x = torch.cat([user, item, interest, user * item, interest * item, mf, log_count], -1)
-        return self.mlp(x).squeeze(-1) + mf.squeeze(-1)
+        parts = [user, item, interest, user * item, interest * item, mf, log_count]
+        direct = mf
+        if side.seq is not None:
+            seq = side.seq.expand_as(interest)
+            seq_dot = (seq * item).sum(-1, keepdim=True)
+            parts += [seq, seq * item, seq_dot]
+            direct = mf + seq_dot
+        return self.mlp(torch.cat(parts, -1)).squeeze(-1) + direct.squeeze(-1)
 
     def forward(
         self,

@@ -28,6 +28,16 @@ The loss (`loss`) sees the (corrected) logits of each positive and its negatives
   shift per (user, history), so `bce_weight` > 0 adds the BCE term with that weight to
   keep `prob` = sigmoid(logit) usable as a click probability.
 
+On top of that loss, `catalogue_softmax` (weight, default 1) adds a full-catalogue
+softmax: the cross-entropy of each positive against EVERY vocabulary item, on the
+model's dot-product part (u + s).v (`FusionCTR.catalogue_logits`; s is the sequence
+encoder's state). Full ranking asks the model to put the next item above all 1-2k
+others, popular ones above all, which a handful of random negatives never shows it; on a
+catalogue of this size the whole softmax is one [B, d] x [d, I] product per step. The
+same `id_dropout` share of the catalogue is shown there as new items (unknown row,
+count 0) each step, so content-only items learn to compete with the whole catalogue.
+The BCE term stays: it is what keeps `prob` a click probability.
+
 Options: `history_skip` ends that share of training histories one item early (the model
 then also learns from stale histories, as when the feature store lags behind);
 `lr_schedule` = cosine decays the learning rate per step to 0 at `epochs`.
@@ -61,7 +71,7 @@ from training.config import (
     write_json_atomic,
 )
 from training.metrics import RankingAccumulator
-from training.model import FusionCTR, build_model
+from training.model import MASK_VALUE, FusionCTR, UserSide, build_model
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "train_summary.json"
@@ -142,6 +152,33 @@ def training_loss(logits: torch.Tensor, labels: torch.Tensor, config: TrainConfi
     return softmax + config.bce_weight * bce if config.bce_weight else softmax
 
 
+def vocab_content(data: ds.TrainingData) -> torch.Tensor:
+    """[n_items + 1, C] content by vocabulary index (row 0, the unknown item, is zeros)."""
+    rows = np.full(len(data.item_vocab) + 1, data.pad, dtype=np.int64)
+    known = data.item_to_vocab[:-1] > 0
+    rows[data.item_to_vocab[:-1][known]] = np.flatnonzero(known)
+    return torch.from_numpy(data.content[rows])
+
+
+def catalogue_loss(
+    model: FusionCTR,
+    side: UserSide,
+    vocab_proj: torch.Tensor,
+    targets: torch.Tensor,
+    drop: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of each positive against every vocabulary item, on (u + s).v.
+
+    The sampled BCE of `training_loss` only contrasts a positive with a few random items,
+    mostly unpopular ones; full ranking asks the model to beat every item, popular ones
+    above all. With 1-2k items the whole catalogue is one [B, d] x [d, I] product.
+    """
+    full = model.catalogue_logits(side, vocab_proj, drop)
+    unknown = torch.zeros(full.shape[1], dtype=torch.bool, device=full.device)
+    unknown[0] = True  # the reserved row is never a target
+    return F.cross_entropy(full.masked_fill(unknown, MASK_VALUE), targets)
+
+
 def steps_per_epoch(data: ds.TrainingData, config: TrainConfig) -> int:
     steps = int(np.ceil(len(data.train_items) / config.batch_size))
     return min(steps, config.max_steps_per_epoch) if config.max_steps_per_epoch else steps
@@ -171,14 +208,27 @@ def train_epoch(
     """One pass over the shuffled training events; returns the mean loss."""
     model.train()
     q = sampling_distribution(data, config)
+    content = vocab_content(data).to(device) if config.catalogue_softmax else None
     order = rng.permutation(len(data.train_items))
     steps = steps_per_epoch(data, config)
     total = 0.0
     for step in tqdm(range(steps), desc="train", leave=False, mininterval=2.0):
         events = order[step * config.batch_size : (step + 1) * config.batch_size]
         batch = make_batch(data, events, q, config, rng).to(device)
-        logits = model.score_rows(*batch.inputs(), batch.content_table)
+        proj = model.content_proj(batch.content_table)
+        side = model.encode_user(
+            batch.user_idx, batch.hist_idx, proj[batch.hist_content], batch.hist_mask
+        )
+        logits = model.score_candidates(
+            side, batch.item_idx, proj[batch.item_content], batch.item_count
+        )
         loss = training_loss(logits - batch.logq, batch.labels, config)
+        if content is not None:  # the positive's own id, before ID dropout
+            targets = torch.from_numpy(data.item_to_vocab[data.train_items[events]]).to(device)
+            drop = torch.from_numpy(rng.random(len(content)) < config.id_dropout).to(device)
+            loss = loss + config.catalogue_softmax * catalogue_loss(
+                model, side, model.content_proj(content), targets, drop
+            )
         if config.embedding_l2:
             rows = (
                 model.user_emb(batch.user_idx).pow(2).sum()
