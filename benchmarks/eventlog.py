@@ -16,9 +16,16 @@ server (skipped with a note when it is unreachable).
 ``--serving`` measures what logging costs the server: two real servers in this process
 (event log off, and on with a SQLite file), driven in turn by the load generator of
 ``benchmarks.serving`` (a separate process, Rank with ``--candidates`` candidates and
-top_k 20), runs interleaved off/on: median requests per second, and median server CPU
-milliseconds per request (steadier than throughput on a machine shared with other work)
-per concurrency level.
+top_k 20). Each repeat is a pair of runs, off then on, or on then off every other
+repeat (so a drifting machine load hits both alike), and each pair gives one on/off
+ratio of requests per second and of server CPU per request; the table prints the median
+ratio over the pairs and its range. It also prints what the writer thread itself spent
+(its own CPU time, ``EventLog.writer_cpu_s``) per request: the cost logging adds,
+measured directly rather than as a small difference of two noisy throughputs. With
+``--pin`` (the default on a machine of 2 or more CPUs) the servers run on the first CPU
+and the load generator on the others, as a client on another host would: on a shared
+2-core box the client's own CPU otherwise competes with the servers, and the ratio
+mixes the client's cost into the server's.
 Without ``--repo``/``--model`` it builds ``benchmarks.serving``'s synthetic setup.
 """
 
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -145,8 +153,8 @@ def start_server(repo: Path, model: Path, event_log_url: str | None, workers: in
     return server, servicer, f"127.0.0.1:{port}"
 
 
-def one_serving_run(pool, target: str, calls: list, level: int) -> tuple[float, float]:
-    """(requests per second, server CPU ms per request) of one load-generator run.
+def one_serving_run(pool, target: str, calls: list, level: int) -> tuple[float, float, int]:
+    """(requests per second, server CPU ms per request, requests) of one load run.
 
     CPU is this process's CPU time (the servers; the client runs in another process),
     read after a pause that lets the writer flush, so logging's full cost is counted.
@@ -157,7 +165,32 @@ def one_serving_run(pool, target: str, calls: list, level: int) -> tuple[float, 
     run = pool.submit(drive, target, calls, level).result()
     time.sleep(0.5)  # > flush_interval_s: the writer has written this run's rows
     n = len(run["latencies"])
-    return n / run["wall"], (time.process_time() - cpu) * 1e3 / (n + 3)  # +3 warm-up calls
+    return n / run["wall"], (time.process_time() - cpu) * 1e3 / (n + 3), n + 3  # +3 warm-up
+
+
+def paired_runs(pool, servers: dict, calls: list, level: int, repeats: int) -> dict:
+    """`repeats` off/on pairs at one concurrency: per-pair ratios and the writer's CPU."""
+    event_log = servers["on"][1].event_log
+    ratios: dict[str, list[float]] = {"rps": [], "cpu": []}
+    rps: dict[str, list[float]] = {"off": [], "on": []}
+    writer_ms, requests = 0.0, 0
+    for repeat in range(repeats):
+        pair = {}
+        for mode in ("off", "on") if repeat % 2 == 0 else ("on", "off"):
+            before = event_log.writer_cpu_s
+            pair[mode] = one_serving_run(pool, servers[mode][2], calls, level)
+            if mode == "on":
+                writer_ms += (event_log.writer_cpu_s - before) * 1e3
+                requests += pair[mode][2]
+        ratios["rps"].append(pair["on"][0] / pair["off"][0])
+        ratios["cpu"].append(pair["on"][1] / pair["off"][1])
+        for mode in pair:
+            rps[mode].append(pair[mode][0])
+    return {
+        "rps": {m: statistics.median(v) for m, v in rps.items()},
+        "ratios": ratios,
+        "writer_ms_per_request": writer_ms / max(requests, 1),
+    }
 
 
 def bench_serving(args: argparse.Namespace, repo: Path, model: Path, tmp: Path) -> list[str]:
@@ -167,25 +200,33 @@ def bench_serving(args: argparse.Namespace, repo: Path, model: Path, tmp: Path) 
     from benchmarks.serving import make_calls
 
     calls = make_calls(model, repo, args.requests, args.candidates)
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = args.pin and len(cpus) >= 2
+    if pin:  # before the servers start: their threads inherit this thread's CPU set
+        os.sched_setaffinity(0, cpus[:1])
     servers = {
         "off": start_server(repo, model, None, args.workers),
-        "on": start_server(repo, model, f"sqlite:///{tmp / 'events.db'}", args.workers),
+        "on": start_server(
+            repo, model, args.log_url or f"sqlite:///{tmp / 'events.db'}", args.workers
+        ),
     }
+    where = f"servers on CPU {cpus[0]}, client on {cpus[1:]}" if pin else "not pinned"
     lines = [
-        "| concurrency | rps, log off | rps, log on | on/off | CPU ms/req off | on | on/off |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        where,
+        "| concurrency | rps off | rps on | rps on/off, median [range] | CPU/req on/off, "
+        "median [range] | writer CPU ms/req |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+    client = {"initializer": os.sched_setaffinity, "initargs": (0, cpus[1:])} if pin else {}
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), **client) as pool:
         for level in args.concurrency:
-            runs: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
-            for _ in range(args.repeats):
-                for mode in ("off", "on"):  # interleaved: drifting load hits both alike
-                    runs[mode].append(one_serving_run(pool, servers[mode][2], calls, level))
-            rps = {m: statistics.median(r[0] for r in runs[m]) for m in runs}
-            cpu = {m: statistics.median(r[1] for r in runs[m]) for m in runs}
+            got = paired_runs(pool, servers, calls, level, args.repeats)
+            r, c = got["ratios"]["rps"], got["ratios"]["cpu"]
             lines.append(
-                f"| {level} | {rps['off']:.1f} | {rps['on']:.1f} | {rps['on'] / rps['off']:.3f} "
-                f"| {cpu['off']:.2f} | {cpu['on']:.2f} | {cpu['on'] / cpu['off']:.3f} |"
+                f"| {level} | {got['rps']['off']:.1f} | {got['rps']['on']:.1f} "
+                f"| {statistics.median(r):.3f} [{min(r):.3f}-{max(r):.3f}] "
+                f"| {statistics.median(c):.3f} [{min(c):.3f}-{max(c):.3f}] "
+                f"| {got['writer_ms_per_request']:.3f} |"
             )
             log.info("concurrency %d: %s", level, lines[-1])
     for server, servicer, _ in servers.values():
@@ -217,7 +258,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=20000, help="impressions per run (default 20000)")
     p.add_argument("--top-k", type=int, default=10, help="rows per response (default 10)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[50, 500, 2000])
-    p.add_argument("--repeats", type=int, default=3, help="runs per setting (median)")
+    p.add_argument("--repeats", type=int, default=3, help="runs (or off/on pairs) per setting")
     p.add_argument("--pg-admin-url", default=PG_ADMIN_URL, help="server for a temp database")
     p.add_argument("--no-postgres", action="store_true", help="SQLite only")
     s = p.add_argument_group("--serving: throughput with logging off vs on")
@@ -227,9 +268,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--items", type=int, default=1682, help="synthetic catalogue size")
     s.add_argument("--users", type=int, default=943, help="synthetic users")
     s.add_argument("--candidates", type=int, default=200, help="candidates per Rank call")
-    s.add_argument("--requests", type=int, default=300, help="Rank calls per run")
+    s.add_argument("--requests", type=int, default=600, help="Rank calls per run")
     s.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="client threads")
     s.add_argument("--workers", type=int, default=16, help="server worker threads")
+    s.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="servers on the first CPU, load generator on the others (default on)",
+    )
+    s.add_argument(
+        "--log-url", help="event store of the logging server (default: a temp SQLite file)"
+    )
     return p.parse_args(argv)
 
 

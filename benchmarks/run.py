@@ -61,7 +61,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     ),
     "eventlog": (
         "event-log rows written per second (SQLite, PostgreSQL)",
-        ["benchmarks.eventlog"],
+        ["benchmarks.eventlog", "--rows", "50000", "--repeats", "5"],
     ),
     "eventlog_serving": (
         "serving throughput with the exposure log on vs off",
@@ -73,9 +73,9 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
             "--model",
             "artifacts/movielens-100k",
             "--requests",
-            "600",
+            "2000",
             "--repeats",
-            "5",
+            "9",
             "--concurrency",
             "1",
             "8",

@@ -128,6 +128,18 @@ def test_close_flushes_everything_queued(event_url: str) -> None:
     assert log.dropped == 3
 
 
+def test_one_batch_over_several_statements_is_stored_whole_in_order(event_url: str) -> None:
+    """450 rows in one batch: on SQLite three multi-row INSERTs (200, 200, 50) in one
+    transaction; on PostgreSQL one executemany. Every value comes back as logged."""
+    log = EventLog(event_url, queue_size=1000, batch_size=1000, flush_interval_s=30.0)
+    logged = [row for i in range(45) for row in response(f"r{i}", 10, user=f"u{i % 4}")]
+    for i in range(45):
+        assert log.log_impressions(logged[10 * i : 10 * (i + 1)])
+    log.close()
+    assert stored_impressions(event_url) == [as_tuple(r) for r in logged]
+    assert log.written == 450 and log.writer_cpu_s > 0
+
+
 def test_outage_keeps_rows_queued_then_writes_them(event_url: str) -> None:
     log = EventLog(event_url, batch_size=8, flush_interval_s=0.01, **FAST)
     errors_before = metric("tailrank_eventlog_write_errors_total")
