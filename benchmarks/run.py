@@ -59,6 +59,10 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
         "Rank p50/p99/throughput, item cache vs naive per-request Feast lookups",
         ["benchmarks.serving", "--concurrency", "1,4,16", "--repeats", "3"],
     ),
+    "ort_graph": (
+        "ONNX Runtime time of the fusion graph with and without the sequence encoder",
+        ["benchmarks.ort_graph"],
+    ),
     "eventlog": (
         "event-log rows written per second (SQLite, PostgreSQL)",
         ["benchmarks.eventlog", "--rows", "50000", "--repeats", "5"],

@@ -55,18 +55,6 @@ class Batch:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return Batch(**{k: None if v is None else v.to(device) for k, v in values.items()})
 
-    def inputs(self) -> tuple[Tensor, ...]:
-        """The seven model inputs, in the ONNX contract order."""
-        return (
-            self.user_idx,
-            self.hist_idx,
-            self.hist_content,
-            self.hist_mask,
-            self.item_idx,
-            self.item_content,
-            self.item_count,
-        )
-
 
 @dataclass
 class Holdout:
