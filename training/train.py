@@ -36,7 +36,9 @@ others, popular ones above all, which a handful of random negatives never shows 
 catalogue of this size the whole softmax is one [B, d] x [d, I] product per step. The
 same `id_dropout` share of the catalogue is shown there as new items (unknown row,
 count 0) each step, so content-only items learn to compete with the whole catalogue.
-The BCE term stays: it is what keeps `prob` a click probability.
+The BCE term stays: it is what keeps `prob` a click probability. Its cost grows with the
+catalogue: [batch, items] logits per step (512 x 100k items is 0.2 GB and about 5 GFLOP
+with the backward pass); far larger catalogues want a sampled softmax there instead.
 
 Options: `history_skip` ends that share of training histories one item early (the model
 then also learns from stale histories, as when the feature store lags behind);
