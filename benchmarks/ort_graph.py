@@ -6,9 +6,10 @@
 What one Rank call pays in ONNX Runtime depends on the graph, not on trained weights, so
 each variant is a randomly initialised FusionCTR (the default TrainConfig with
 ``seq_layers`` set) exported by ``training.export.export_onnx`` (the same exporter, opset
-and dynamic axes as a real export). One CPU session per variant (1 intra-op thread, as
-the server runs it) scores one user with ``--history`` items against ``--candidates``
-candidates; the variants are timed in alternation, ``--rounds`` times, so a drifting
+and dynamic axes as a real export). One CPU session per variant, built by the server's
+own ``serving.inference._session`` (1 intra-op thread), scores the export's random parity
+input (``training.export.parity_cases``: one user, ``--history`` items, ``--candidates``
+candidates); the variants are timed in alternation, ``--rounds`` times, so a drifting
 machine load hits each alike. Prints the median ms per run and the graph's node count.
 """
 
@@ -23,35 +24,20 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 
+from serving.inference import _session
 from training.config import TrainConfig
-from training.export import INPUTS, export_onnx
+from training.export import export_onnx, parity_cases
 from training.model import build_model
 
 log = logging.getLogger("benchmarks.ort_graph")
 
 
-def feeds(n: int, length: int, n_users: int, n_items: int, dim: int) -> dict[str, np.ndarray]:
-    """One user with a full history and n random vocabulary candidates."""
-    rng = np.random.default_rng(0)
-    values = {
-        "user_idx": rng.integers(1, n_users + 1, size=1),
-        "hist_idx": rng.integers(1, n_items + 1, size=(1, length)),
-        "hist_content": rng.normal(size=(1, length, dim)),
-        "hist_mask": np.ones((1, length)),
-        "item_idx": rng.integers(1, n_items + 1, size=n),
-        "item_content": rng.normal(size=(n, dim)),
-        "item_count": rng.exponential(50.0, size=n),
-    }
-    return {name: np.ascontiguousarray(values[name], dtype=dtype) for name, dtype, _ in INPUTS}
-
-
-def session(layers: int, args: argparse.Namespace, tmp: Path) -> tuple[ort.InferenceSession, int]:
-    """(CPU session, node count) of a random FusionCTR with `layers` sequence blocks."""
+def variant(layers: int, args: argparse.Namespace, tmp: Path):
+    """(server-built CPU session, node count, random contract feeds) of one variant."""
     torch.manual_seed(0)
     config = TrainConfig(content_dim=args.content_dim, seq_layers=layers)
     model = build_model(config, args.users, args.items, torch.arange(args.items + 1.0)).eval()
@@ -59,10 +45,9 @@ def session(layers: int, args: argparse.Namespace, tmp: Path) -> tuple[ort.Infer
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
         warnings.simplefilter("ignore")
         export_onnx(model, path)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return sess, len(onnx.load(str(path)).graph.node)
+    sess, _ = _session(path, "cpu", threads=1)  # exactly as the server builds it
+    cases = parity_cases(model, None, sizes=(args.candidates,), lengths=(args.history,))
+    return sess, len(onnx.load(str(path)).graph.node), next(iter(cases))[1]
 
 
 def time_runs(sess: ort.InferenceSession, inputs: dict, runs: int) -> float:
@@ -89,19 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=6, help="alternating timings per variant")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    inputs = feeds(args.candidates, args.history, args.users, args.items, args.content_dim)
     with tempfile.TemporaryDirectory(prefix="tailrank-ort-") as tmp:
-        sessions = {v: session(v, args, Path(tmp)) for v in args.variants}
-        for sess, _ in sessions.values():  # warm-up: allocations, first-run kernels
+        sessions = {v: variant(v, args, Path(tmp)) for v in args.variants}
+        for sess, _, inputs in sessions.values():  # warm-up: allocations, first-run kernels
             time_runs(sess, inputs, 50)
         times: dict[int, list[float]] = {v: [] for v in args.variants}
         for _ in range(args.rounds):
-            for v, (sess, _) in sessions.items():
+            for v, (sess, _, inputs) in sessions.items():
                 times[v].append(time_runs(sess, inputs, args.runs))
     print(f"ONNX Runtime CPU, 1 thread, N={args.candidates}, L={args.history}")
     print("| seq_layers | nodes | ms per run, median [range] |")
     print("| ---: | ---: | ---: |")
-    for v, (_, nodes) in sessions.items():
+    for v, (_, nodes, _) in sessions.items():
         t = times[v]
         print(f"| {v} | {nodes} | {statistics.median(t):.3f} [{min(t):.3f}-{max(t):.3f}] |")
     return 0
