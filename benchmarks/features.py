@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training import data, encoder, features, schema
+from core import schema
+from training import data, encoder, features
 
 log = logging.getLogger("benchmarks.features")
 REPO_DIR = Path(__file__).resolve().parents[1] / "feature_repo"

@@ -20,7 +20,8 @@ import statistics
 import time
 from pathlib import Path
 
-from training import data, features, schema
+from core import schema
+from training import data, features
 from training.config import TrainConfig, add_config_arguments, config_from_args
 from training.evaluate import evaluate_run
 from training.export import export_run

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core import schema
 from serving.config import ServerConfig
 from serving.server import RankingServicer, create_server
-from training import schema
 
 log = logging.getLogger("benchmarks.serving")
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,19 +87,21 @@ def synthetic_features(out: Path, n_items: int, n_users: int, hist: int, seed: i
 
 def synthetic_model(out: Path, items: list[str], users: list[str]) -> None:
     """An untrained FusionCTR of the default size, exported like training.export does."""
+    from core import contract
     from training.config import TrainConfig
-    from training.export import FEATURE_REFS, export_onnx
+    from training.export import export_onnx
     from training.model import build_model
 
     config = TrainConfig()
-    export_onnx(build_model(config, len(users), len(items)).eval(), out / "model.onnx")
-    (out / "vocab.json").write_text(json.dumps({"users": users, "items": items}))
+    export_onnx(build_model(config, len(users), len(items)).eval(), out / contract.ONNX_FILE)
+    (out / contract.VOCAB_FILE).write_text(json.dumps({"users": users, "items": items}))
     manifest = {
-        "format_version": 1, "model_version": "synthetic-untrained", "onnx_file": "model.onnx",
-        "vocab_file": "vocab.json", "content_dim": config.content_dim,
-        "history_len": config.history_len, "feature_refs": FEATURE_REFS,
+        "format_version": contract.FORMAT_VERSION, "model_version": "synthetic-untrained",
+        "onnx_file": contract.ONNX_FILE, "vocab_file": contract.VOCAB_FILE,
+        "content_dim": config.content_dim, "history_len": config.history_len,
+        "feature_refs": contract.FEATURE_REFS, **contract.manifest_io(config.content_dim),
     }  # fmt: skip
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / contract.MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
 def build_synthetic(tmp: Path, n_items: int, n_users: int) -> tuple[Path, Path]:
@@ -193,20 +195,20 @@ def measure(pool, target: str, calls: list, level: int, repeats: int) -> dict[st
 
 def model_only(model_dir: Path, args: argparse.Namespace, runs: int = 200) -> dict[str, float]:
     """The ONNX Runtime run alone (N candidates, 50 history items): the floor of a Rank call."""
-    from serving.inference import Batch, Model
+    from core import contract
+    from serving.inference import Model
 
     model = Model(model_dir, provider="cpu", threads=args.ort_threads)
     n, length, dim = args.candidates, 50, model.content_dim
     rng = np.random.default_rng(0)
-    batch = Batch(
-        np.array([1]), np.arange(1, length + 1)[None], rng.random((1, length, dim), np.float32),
-        np.ones((1, length), np.float32), np.arange(1, n + 1), rng.random((n, dim), np.float32),
-        np.ones(n, np.float32),
+    feed = contract.build_feed(
+        1, np.arange(1, length + 1), rng.random((length, dim)), np.arange(1, n + 1),
+        rng.random((n, dim)), np.ones(n),
     )  # fmt: skip
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        model.score(batch)
+        model.score(feed)
         times.append((time.perf_counter() - start) * 1e3)
     return {"p50_ms": float(np.median(times)), "p99_ms": float(np.percentile(times, 99))}
 

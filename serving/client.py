@@ -62,7 +62,7 @@ def titles_for(repo: Path | None, ids: Sequence[str]) -> dict[str, str]:
         return {}
     from feast import FeatureStore
 
-    from training import schema
+    from core import schema
 
     store = FeatureStore(repo_path=str(repo))
     ref = f"{schema.ITEM_VIEW}:{schema.TITLE}"

@@ -34,11 +34,11 @@ import pandas as pd
 import sqlalchemy as sa
 from tqdm import tqdm
 
+from core import schema
 from serving.errors import ConfigError, InvalidArgument
 from serving.eventlog import FeedbackRow, feedback_params, feedback_row
 from serving.eventschema import create_tables, feedback, make_engine
 from serving.report import DEFAULT_ATTRIBUTION, Window, label_clicks, load_events, parse_time
-from training import schema
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.types import TypeDecorator
 
+from core.ids import MAX_ID_BYTES, id_problem
 from serving.errors import ConfigError, InvalidArgument
 
 EVENT_TYPES = ("click", "cart", "purchase")
-MAX_ID_BYTES = 256  # user, item and request ids (ranking.proto)
 FUTURE_TOLERANCE_MS = 24 * 3600 * 1000  # feedback time may run ahead of ours by clock skew
 
 
@@ -136,14 +136,9 @@ def create_tables(engine: sa.Engine) -> None:
 
 
 def _check_id(where: str, field: str, value: str | None, required: bool = True) -> None:
-    if not value:
-        if required:
-            raise InvalidArgument(f"{where}.{field} is empty: give a non-empty id")
-        return
-    if len(value.encode("utf-8")) > MAX_ID_BYTES:
-        raise InvalidArgument(f"{where}.{field} is longer than {MAX_ID_BYTES} bytes: shorten it")
-    if "\x00" in value:
-        raise InvalidArgument(f"{where}.{field} contains a NUL character: remove it")
+    problem = id_problem(f"{where}.{field}", value, required=required)
+    if problem:
+        raise InvalidArgument(problem)
 
 
 def check_event_fields(

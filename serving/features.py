@@ -18,15 +18,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from core import contract, schema
 from serving.errors import ConfigError, FailedPrecondition, Unavailable
-from training import schema
 
 log = logging.getLogger(__name__)
-
-# Feature refs serving needs whatever the manifest lists: model inputs and the tail flag.
-# (Titles are for people: serving.client reads them itself; the server never needs them.)
-ITEM_FIELDS = (schema.CONTENT_VEC, schema.INTERACTION_COUNT, schema.IS_TAIL)
-USER_FIELDS = (schema.HISTORY,)
 
 
 @dataclass(frozen=True)
@@ -74,7 +69,7 @@ class FeatureClient:
         self.store = FeatureStore(repo_path=str(repo), fs_yaml_file=yaml)
         self.content_dim = content_dim
         refs = manifest_refs or {}
-        self.user_refs = _refs(schema.USER_VIEW, USER_FIELDS, refs.get("user", []))
+        self.user_refs = _refs(schema.USER_VIEW, contract.SERVING_USER_FIELDS, refs.get("user", []))
         try:
             self.store.get_feature_view(schema.ITEM_VIEW)
         except Exception as exc:  # registry missing or view not applied
@@ -82,7 +77,7 @@ class FeatureClient:
                 f"feature view {schema.ITEM_VIEW!r} not found in the registry of {repo} "
                 f"({type(exc).__name__}): run `feast apply` and `feast materialize` there"
             ) from exc
-        self.item_refs = _refs(schema.ITEM_VIEW, ITEM_FIELDS, refs.get("item", []))
+        self.item_refs = _refs(schema.ITEM_VIEW, contract.SERVING_ITEM_FIELDS, refs.get("item", []))
         self.sqlite_path = self._sqlite_file()
         self._inode: int | None = None
         self._table = _empty_table(content_dim)

@@ -1,28 +1,27 @@
 """The exported model: manifest + vocab + one ONNX Runtime session with explicit providers.
 
-Reads the contract of docs/ARCHITECTURE.md section 3. Input names come from the session
-itself; every request is one ``run`` for all of its candidates.
+Reads the run directory that ``training.export`` writes, through ``core.contract`` (the
+one definition of the inputs, the manifest and the vocabulary). The session's inputs
+and outputs are checked against the contract when it loads; every request is one
+``run`` for all of its candidates::
 
-    python -c "from serving.inference import Model; print(Model.load('artifacts/x').provider)"
+    python -c "from serving.inference import Model; print(Model('artifacts/x').provider)"
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from core import contract
+from core.contract import ContractError, Manifest
 from serving.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.json"
-INPUTS = ("user_idx", "hist_idx", "hist_content", "hist_mask", "item_idx", "item_content")
-INPUTS += ("item_count",)
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 
@@ -52,63 +51,59 @@ def check_running(requested: str, asked: list[str], running: list[str]) -> str:
     return running[0]
 
 
-@dataclass(frozen=True)
-class Batch:
-    """One request's model inputs, already numpy with the contract's dtypes."""
-
-    user_idx: np.ndarray  # int64 [1]
-    hist_idx: np.ndarray  # int64 [1, L]
-    hist_content: np.ndarray  # float32 [1, L, C]
-    hist_mask: np.ndarray  # float32 [1, L]
-    item_idx: np.ndarray  # int64 [N]
-    item_content: np.ndarray  # float32 [N, C]
-    item_count: np.ndarray  # float32 [N]
-
-
 class Model:
     """ONNX session + manifest + vocab index maps (index 0 = unknown)."""
 
     def __init__(self, run_dir: Path, provider: str = "auto", threads: int = 1) -> None:
         run_dir = Path(run_dir)
-        manifest_path = run_dir / MANIFEST_FILE
-        if not manifest_path.is_file():
-            raise ConfigError(f"no {MANIFEST_FILE} in {run_dir}: run `python -m training.export`")
-        self.manifest = json.loads(manifest_path.read_text())
-        self.version = str(self.manifest.get("model_version", "unknown"))
-        self.content_dim = int(self.manifest["content_dim"])
-        self.history_len = int(self.manifest.get("history_len", 50))
-        vocab = json.loads((run_dir / self.manifest.get("vocab_file", "vocab.json")).read_text())
-        self.user_index = {str(u): i + 1 for i, u in enumerate(vocab["users"])}
-        self.item_index = {str(u): i + 1 for i, u in enumerate(vocab["items"])}
-        self.item_ids = [str(i) for i in vocab["items"]]
-        onnx_path = run_dir / self.manifest.get("onnx_file", "model.onnx")
+        try:
+            self.manifest = Manifest.read(run_dir)
+            users, items = contract.read_vocab(run_dir, self.manifest)
+        except ContractError as exc:
+            raise ConfigError(str(exc)) from exc
+        self.version = self.manifest.model_version
+        self.content_dim = self.manifest.content_dim
+        self.history_len = self.manifest.history_len
+        self.user_index = contract.vocab_index(users)
+        self.item_index = contract.vocab_index(items)
+        self.item_ids = items
+        onnx_path = run_dir / self.manifest.onnx_file
         self.session, self.provider = _session(onnx_path, provider, threads)
-        names = [i.name for i in self.session.get_inputs()]
-        if sorted(names) != sorted(INPUTS):
-            raise ConfigError(f"{onnx_path} inputs {names} differ from the contract {INPUTS}")
-        self.input_names = names
+        try:
+            contract.check_graph(
+                _ort_specs(self.session.get_inputs()),
+                _ort_specs(self.session.get_outputs()),
+                self.content_dim,
+            )
+        except ContractError as exc:
+            raise ConfigError(f"{onnx_path}: {exc}") from exc
         log.info(
             "event=model_loaded version=%s provider=%s items=%d users=%d",
             self.version, self.provider, len(self.item_index), len(self.user_index),
         )  # fmt: skip
 
-    def score(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """One ORT run for all candidates: (logit [N], prob [N]) as float32."""
-        feeds = {name: getattr(batch, name) for name in self.input_names}
-        logit, prob = self.session.run(["logit", "prob"], feeds)
+    def score(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """One ORT run for all candidates of a ``contract.build_feed`` feed:
+        (logit [N], prob [N]) as float32."""
+        logit, prob = self.session.run(list(contract.OUTPUT_NAMES), feed)
         return logit.astype(np.float32, copy=False), prob.astype(np.float32, copy=False)
 
     def warm_up(self, n: int = 8) -> None:
-        """Run once on dummy inputs so the first real request pays no set-up cost."""
+        """Run once for a user with no history so the first real request pays no set-up
+        cost; a model that gives such a user non-finite scores is refused."""
         dim = self.content_dim
-        batch = Batch(
-            np.zeros(1, np.int64), np.zeros((1, 1), np.int64), np.zeros((1, 1, dim), np.float32),
-            np.zeros((1, 1), np.float32), np.zeros(n, np.int64), np.zeros((n, dim), np.float32),
-            np.zeros(n, np.float32),
+        feed = contract.build_feed(
+            0, np.zeros(0, np.int64), np.zeros((0, dim)), np.zeros(n, np.int64),
+            np.zeros((n, dim)), np.zeros(n),
         )  # fmt: skip
-        _, prob = self.score(batch)
+        _, prob = self.score(feed)
         if not np.isfinite(prob).all():
             raise ConfigError("model gives non-finite scores for a user with no history")
+
+
+def _ort_specs(args: list) -> dict[str, tuple[str, list]]:
+    """ORT NodeArgs -> ``{name: (numpy dtype name, shape)}`` for ``contract.check_graph``."""
+    return {a.name: (contract.ORT_TYPES.get(a.type, a.type), list(a.shape)) for a in args}
 
 
 def _session(path: Path, provider: str, threads: int) -> tuple[ort.InferenceSession, str]:

@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from core.schema import gini
 from serving.errors import ConfigError
 from serving.eventschema import feedback, impressions, make_engine
 from serving.report_plots import catalogue_size_from_features, save_outputs
-from training.schema import gini
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,6 @@ half-written file. matplotlib runs on the Agg backend (no display needed).
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -29,8 +26,9 @@ import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from core.files import write_atomic
+from core.schema import ITEM_FEATURES_FILE, ITEM_ID  # noqa: E402
 from serving.errors import ConfigError  # noqa: E402
-from training.schema import ITEM_FEATURES_FILE, ITEM_ID  # noqa: E402
 
 REPORT_FILE = "report.csv"
 POSITION_FILE = "ctr_by_position.csv"
@@ -48,18 +46,6 @@ def catalogue_size_from_features(features_dir: Path) -> int:
         )
     items = pq.read_table(path, columns=[ITEM_ID]).column(ITEM_ID).to_pandas()
     return int(items.nunique())
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` for a temp file beside ``path``, then rename it to ``path``."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def lorenz_curve(exposure: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -16,27 +16,25 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from serving import metrics, rerank
+from core.ids import MAX_ID_BYTES, MAX_REQUEST_ID_BYTES, id_problem
+from serving import metrics
 from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
 from serving.config import ServerConfig
 from serving.errors import FailedPrecondition, InvalidArgument, status_for
 from serving.eventlog import Impression, parse_feedback
-from serving.eventschema import MAX_ID_BYTES
-from serving.features import FeatureClient, ItemRows
-from serving.inference import Batch, Model
+from serving.features import FeatureClient
+from serving.inference import Model
+from serving.ranker import RankArgs, Ranker, Ranking
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name
-MAX_REQUEST_ID_BYTES = 128
 UNKNOWN_ITEM = "unknown item: not in the feature store"
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -49,25 +47,10 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-@dataclass(frozen=True)
-class RankArgs:
-    """A validated Rank request."""
-
-    user_id: str
-    candidates: list[str]
-    top_k: int
-    tail_weight: float
-    request_id: str
-    explain: bool
-
-
-def _check_id(name: str, value: str) -> None:
-    if not value:
-        raise InvalidArgument(f"{name} is empty: send a non-empty id")
-    if len(value.encode()) > MAX_ID_BYTES:
-        raise InvalidArgument(f"{name} is {len(value.encode())} bytes: ids are at most 256 bytes")
-    if "\x00" in value:  # PostgreSQL text cannot hold it: the event log would reject the row
-        raise InvalidArgument(f"{name} contains a NUL character: remove it")
+def _check_id(name: str, value: str, max_bytes: int = MAX_ID_BYTES) -> None:
+    problem = id_problem(name, value, max_bytes)
+    if problem:
+        raise InvalidArgument(problem)
 
 
 def validate(request: ranking_pb2.RankRequest, max_candidates: int, tail_weight: float) -> RankArgs:
@@ -97,24 +80,10 @@ def validate(request: ranking_pb2.RankRequest, max_candidates: int, tail_weight:
         if not 0.0 <= tail_weight <= 1.0:
             raise InvalidArgument(f"tail_weight is {tail_weight}: use a value in [0, 1]")
     request_id = request.request_id or uuid.uuid4().hex
-    if len(request_id.encode()) > MAX_REQUEST_ID_BYTES:
-        raise InvalidArgument("request_id is longer than 128 bytes: send a shorter id")
-    if "\x00" in request_id:
-        raise InvalidArgument("request_id contains a NUL character: remove it")
+    _check_id("request_id", request_id, MAX_REQUEST_ID_BYTES)
     return RankArgs(
         request.user_id, candidates, request.top_k, tail_weight, request_id, request.explain
     )
-
-
-@dataclass(frozen=True)
-class Gathered:
-    """What a Rank request read: history and item rows (candidates first, then history)."""
-
-    cold: bool  # the user is unknown to the feature store
-    hist: list[str]  # the last history_len history item ids, oldest first
-    rows: ItemRows  # candidates, then history items not among them
-    hist_rows: np.ndarray  # int64 row in ``rows`` of each history item
-    scored: np.ndarray  # int64 positions of the candidates Feast knows
 
 
 class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
@@ -127,6 +96,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         self.features = features
         self.model = model
         self.event_log = event_log
+        self.ranker = Ranker(features, model, config.item_cache)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._stop = threading.Event()
@@ -189,83 +159,24 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         args = validate(request, self.config.max_candidates, self.config.tail_weight)
         REQUEST_ID.set(args.request_id)
         metrics.CANDIDATES.observe(len(args.candidates))
-        got = self._gather(args)
+        ranking = self.ranker.rank(args)
         response = ranking_pb2.RankResponse(
-            model_version=self.model.version, cold_user=got.cold,
+            model_version=self.model.version, cold_user=ranking.cold_user,
             request_id=args.request_id, tail_weight=args.tail_weight,
         )  # fmt: skip
-        for i in np.flatnonzero(~got.rows.known[: len(args.candidates)]):
-            response.unscored.add(item_id=args.candidates[i], reason=UNKNOWN_ITEM)
-        metrics.UNSCORED.inc(len(response.unscored))
-        metrics.COLD_USERS.inc(int(got.cold))
-        if len(got.scored):
-            self._score_into(response, args, got)
+        for item_id in ranking.unscored:
+            response.unscored.add(item_id=item_id, reason=UNKNOWN_ITEM)
+        metrics.UNSCORED.inc(len(ranking.unscored))
+        metrics.COLD_USERS.inc(int(ranking.cold_user))
+        if ranking.ids:
+            _fill_items(response, ranking, args)
             self._log_impressions(args, response)
         log.info(
             "event=rank user=%s candidates=%d unscored=%d cold=%s returned=%d",
-            args.user_id, len(args.candidates), len(response.unscored), got.cold,
+            args.user_id, len(args.candidates), len(response.unscored), ranking.cold_user,
             len(response.items),
         )  # fmt: skip
         return response
-
-    def _gather(self, args: RankArgs) -> Gathered:
-        """The user's history from Feast, then candidate + history item rows (cache first)."""
-        history = self.features.user_history(args.user_id)
-        hist = (history or [])[-self.model.history_len :]
-        wanted = set(args.candidates)
-        lookup = args.candidates + [h for h in dict.fromkeys(hist) if h not in wanted]
-        rows, hits = self.features.items(lookup, use_cache=self.config.item_cache)
-        metrics.CACHE_HITS.inc(hits)
-        metrics.CACHE_MISSES.inc(len(lookup) - hits)
-        where = {item: i for i, item in enumerate(lookup)}
-        hist_rows = np.array([where[h] for h in hist], dtype=np.int64)
-        scored = np.flatnonzero(rows.known[: len(args.candidates)])
-        return Gathered(history is None, hist, rows, hist_rows, scored)
-
-    def _score_into(self, response, args: RankArgs, got: Gathered) -> None:
-        """One ORT run over the scored candidates, re-rank, cut to top_k, fill the response."""
-        ids = [args.candidates[i] for i in got.scored]
-        logit, prob = self.model.score(self._batch(args.user_id, got, ids))
-        hist_known = got.rows.known[got.hist_rows]
-        p_tail = rerank.tail_appetite(got.rows.is_tail[got.hist_rows][hist_known])
-        tail = got.rows.is_tail[got.scored]
-        ranked = rerank.rerank(prob, tail, ids, args.tail_weight, p_tail)
-        order = ranked.order[: args.top_k] if args.top_k else ranked.order
-        for j in order:
-            item = response.items.add(
-                item_id=ids[j], score=float(ranked.score[j]),
-                click_probability=float(prob[j]), is_tail=bool(tail[j]),
-            )  # fmt: skip
-            if args.explain:
-                item.explanation.update(
-                    {"logit": float(logit[j]), "click_probability": float(prob[j]),
-                     "tail_boost": float(ranked.boost[j]), "p_tail_user": p_tail,
-                     "tail_weight": args.tail_weight, "is_tail": float(tail[j])}
-                )  # fmt: skip
-        metrics.TAIL_SHARE.observe(rerank.tail_share(tail, order))
-        metrics.ITEMS_SERVED.inc(len(order))
-        metrics.TAIL_SERVED.inc(int(tail[order].sum()))
-
-    def _batch(self, user_id: str, got: Gathered, ids: list[str]) -> Batch:
-        """Model inputs for one user and the scored candidates (contract dtypes)."""
-        index, rows, dim = self.model.item_index, got.rows, self.model.content_dim
-        if got.hist:
-            h_idx = np.array([[index.get(h, 0) for h in got.hist]], dtype=np.int64)
-            h_content = rows.content[got.hist_rows][None, :, :]
-            # a history item counts when Feast (content) or the vocabulary (id) knows it
-            h_mask = (rows.known[got.hist_rows] | (h_idx[0] > 0)).astype(np.float32)[None, :]
-        else:  # a user without history: one padding slot with mask 0 (ARCHITECTURE.md 3)
-            h_idx = np.zeros((1, 1), np.int64)
-            h_content = np.zeros((1, 1, dim), np.float32)
-            h_mask = np.zeros((1, 1), np.float32)
-        return Batch(
-            user_idx=np.array([self.model.user_index.get(user_id, 0)], dtype=np.int64),
-            hist_idx=h_idx, hist_content=np.ascontiguousarray(h_content, np.float32),
-            hist_mask=h_mask,
-            item_idx=np.array([index.get(i, 0) for i in ids], dtype=np.int64),
-            item_content=np.ascontiguousarray(rows.content[got.scored], np.float32),
-            item_count=rows.count[got.scored].astype(np.float32),
-        )  # fmt: skip
 
     def _log_impressions(self, args: RankArgs, response: ranking_pb2.RankResponse) -> None:
         """Queue the returned items as impressions; never blocks the hot path."""
@@ -288,6 +199,25 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         ]
         if not self.event_log.log_impressions(rows):
             log.warning("event=impressions_dropped rows=%d (event-log queue full)", len(rows))
+
+
+def _fill_items(response: ranking_pb2.RankResponse, ranking: Ranking, args: RankArgs) -> None:
+    """The ranked items (and their score parts when asked) into the response; tail metrics."""
+    for j, item_id in enumerate(ranking.ids):
+        prob, tail = float(ranking.prob[j]), bool(ranking.is_tail[j])
+        item = response.items.add(
+            item_id=item_id, score=float(ranking.score[j]), click_probability=prob, is_tail=tail
+        )
+        if args.explain:
+            item.explanation.update(
+                {"logit": float(ranking.logit[j]), "click_probability": prob,
+                 "tail_boost": float(ranking.boost[j]), "p_tail_user": ranking.p_tail,
+                 "tail_weight": args.tail_weight, "is_tail": float(tail)}
+            )  # fmt: skip
+    n_tail = int(ranking.is_tail.sum())
+    metrics.TAIL_SHARE.observe(n_tail / len(ranking.ids))
+    metrics.ITEMS_SERVED.inc(len(ranking.ids))
+    metrics.TAIL_SERVED.inc(n_tail)
 
 
 def _handle(method: str, context: grpc.ServicerContext, empty: type, call: Callable):

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training import data, movielens, schema, synthetic
+from core import schema
+from training import data, movielens, synthetic
 from training.tables import (
     DEFAULT_EVENT,
     DataValidationError,

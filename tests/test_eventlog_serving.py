@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from core import schema
 from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
 from serving.eventschema import feedback, impressions, make_engine
 from serving.report import Window, build_report
-from training import schema
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 10.0

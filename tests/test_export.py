@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from core import contract
 from training import export
 from training.export import ExportError, export_run, load_run
 from training.model import ExportWrapper
@@ -23,7 +24,7 @@ def run_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
     """A private copy of the tiny run without its exported files."""
     dest = tmp_path / "run"
     shutil.copytree(tiny_model_dir, dest)
-    for name in (export.ONNX_FILE, export.MANIFEST_FILE):
+    for name in (contract.ONNX_FILE, contract.MANIFEST_FILE):
         (dest / name).unlink()
     return dest
 
@@ -43,9 +44,9 @@ def _feeds(n: int, length: int, content_dim: int) -> dict[str, np.ndarray]:
 
 
 def test_manifest_follows_the_contract(tiny_model_dir: Path) -> None:
-    manifest = json.loads((tiny_model_dir / export.MANIFEST_FILE).read_text())
+    manifest = json.loads((tiny_model_dir / contract.MANIFEST_FILE).read_text())
     names = [spec["name"] for spec in manifest["inputs"]]
-    assert names == [name for name, _, _ in export.INPUTS]
+    assert names == list(contract.INPUT_NAMES)
     assert manifest["onnx_file"] == "model.onnx" and manifest["opset"] == export.OPSET
     assert "dynamo=False" in manifest["exporter"]
     assert manifest["parity_max_abs_diff"] <= export.TOLERANCE
@@ -57,16 +58,16 @@ def test_manifest_follows_the_contract(tiny_model_dir: Path) -> None:
 
 @pytest.mark.parametrize(("n", "length"), [(1, 0), (7, 1), (513, 50), (1000, 3)])
 def test_onnx_matches_pytorch_at_dynamic_sizes(tiny_model_dir: Path, n: int, length: int) -> None:
-    manifest = json.loads((tiny_model_dir / export.MANIFEST_FILE).read_text())
+    manifest = json.loads((tiny_model_dir / contract.MANIFEST_FILE).read_text())
     cpu = ["CPUExecutionProvider"]
-    session = ort.InferenceSession(str(tiny_model_dir / export.ONNX_FILE), providers=cpu)
+    session = ort.InferenceSession(str(tiny_model_dir / contract.ONNX_FILE), providers=cpu)
     feeds = _feeds(n, length, manifest["content_dim"])
     logit, prob = session.run(["logit", "prob"], feeds)
     assert logit.shape == (n,) and prob.shape == (n,)
     assert np.isfinite(logit).all() and ((prob > 0) & (prob < 1)).all()
     model, _, _ = load_run(tiny_model_dir)
     with torch.no_grad():
-        want = ExportWrapper(model)(*(torch.from_numpy(feeds[k]) for k, _, _ in export.INPUTS))
+        want = ExportWrapper(model)(*(torch.from_numpy(feeds[k]) for k in contract.INPUT_NAMES))
     assert np.abs(logit - want[0].numpy()).max() <= export.TOLERANCE
 
 
@@ -74,15 +75,15 @@ def test_corrupted_checkpoint_fails_clearly_and_writes_nothing(run_copy: Path) -
     (run_copy / "checkpoint.pt").write_bytes(b"this is not a checkpoint")
     with pytest.raises(ExportError, match="corrupted"):
         export_run(run_copy)
-    assert not (run_copy / export.ONNX_FILE).exists()
-    assert not (run_copy / export.MANIFEST_FILE).exists()
+    assert not (run_copy / contract.ONNX_FILE).exists()
+    assert not (run_copy / contract.MANIFEST_FILE).exists()
 
 
 def test_missing_vocabulary_fails_clearly(run_copy: Path) -> None:
     (run_copy / "vocab.json").unlink()
     with pytest.raises(ExportError, match="vocabulary .* is missing"):
         export_run(run_copy)
-    assert not (run_copy / export.ONNX_FILE).exists()
+    assert not (run_copy / contract.ONNX_FILE).exists()
 
 
 def test_vocabulary_from_another_run_is_refused(run_copy: Path) -> None:
@@ -95,20 +96,20 @@ def test_parity_failure_writes_nothing(run_copy: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(export, "TOLERANCE", -1.0)  # any difference, even 0, now fails
     with pytest.raises(ExportError, match="disagree"):
         export_run(run_copy)
-    assert not (run_copy / export.ONNX_FILE).exists()
-    assert not (run_copy / export.MANIFEST_FILE).exists()
+    assert not (run_copy / contract.ONNX_FILE).exists()
+    assert not (run_copy / contract.MANIFEST_FILE).exists()
 
 
 def test_int8_quantization_reports_its_accuracy_change(run_copy: Path) -> None:
     manifest = export_run(run_copy, quantize="int8")
-    assert manifest["onnx_file"] == export.INT8_FILE
+    assert manifest["onnx_file"] == contract.INT8_FILE
     report = manifest["quantization"]
     assert set(report["delta"]) == {"HR", "NDCG", "TailHR"}
     for label in ("fp32", "int8"):
         assert all(0.0 <= value <= 1.0 for value in report[label].values())
-    assert (run_copy / export.ONNX_FILE).exists()  # the fp32 graph stays beside it
+    assert (run_copy / contract.ONNX_FILE).exists()  # the fp32 graph stays beside it
     cpu = ["CPUExecutionProvider"]
-    session = ort.InferenceSession(str(run_copy / export.INT8_FILE), providers=cpu)
+    session = ort.InferenceSession(str(run_copy / contract.INT8_FILE), providers=cpu)
     logit = session.run(["logit"], _feeds(5, 2, manifest["content_dim"]))[0]
     assert np.isfinite(logit).all()
 

@@ -17,8 +17,9 @@ import pytest
 import sqlalchemy as sa
 from feast import FeatureStore
 
+from core import schema
 from tests.fixtures.features import POSTGRES_YAML, copy_feature_repo
-from training import features, schema
+from training import features
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training import data, encoder, features, schema
+from core import schema
+from training import data, encoder, features
 
 T0 = pd.Timestamp("2024-01-01", tz="UTC")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from serving.rerank import rerank, rerank_scores, tail_appetite, tail_share
+from core.rerank import rerank, rerank_scores, tail_appetite, tail_share
 from training.metrics import RankingAccumulator
 
 PROB = np.array([0.9, 0.6, 0.5, 0.2, 0.1])

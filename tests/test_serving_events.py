@@ -18,11 +18,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from core import schema
 from serving import client
 from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
 from serving.server import create_server
 from tests.fixtures.serving import serving_config
-from training import schema
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 10.0

@@ -21,8 +21,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from core import schema
 from serving.api.tailrank.v1 import ranking_pb2
-from training import schema
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 10.0
@@ -138,8 +138,8 @@ def test_unknown_candidate_is_unscored_and_others_ranked(ranking_server, offline
         ({"user_id": "u", "candidate_ids": []}, "candidate_ids is empty"),
         ({"user_id": "u", "candidate_ids": [str(i) for i in range(1001)]}, "more than the limit"),
         ({"user_id": "u", "candidate_ids": ["a", "b", "a"]}, "duplicates"),
-        ({"user_id": "u", "candidate_ids": ["x" * 257]}, "at most 256 bytes"),
-        ({"user_id": "u" * 300, "candidate_ids": ["a"]}, "at most 256 bytes"),
+        ({"user_id": "u", "candidate_ids": ["x" * 257]}, "longer than 256 bytes"),
+        ({"user_id": "u" * 300, "candidate_ids": ["a"]}, "longer than 256 bytes"),
         ({"user_id": "u", "candidate_ids": ["a"], "top_k": -1}, "top_k is -1"),
         ({"user_id": "u", "candidate_ids": ["a"], "tail_weight": 1.5}, "in [0, 1]"),
         ({"user_id": "u", "candidate_ids": ["a"], "request_id": "r" * 129}, "128 bytes"),

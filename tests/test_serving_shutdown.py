@@ -23,8 +23,8 @@ import pandas as pd
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from core import schema
 from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
-from training import schema
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]

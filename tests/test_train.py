@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 import torch
 
+from core import schema
 from training import dataset as ds
-from training import schema
 from training.config import TrainConfig, add_config_arguments, config_from_args
 from training.evaluate import evaluate_run
 from training.export import load_run

@@ -14,15 +14,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.cli import parse_bool
+from core.contract import DEFAULT_HISTORY_LEN
+from core.files import write_json_atomic
+
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
-VOCAB_FILE = "vocab.json"  # {"users": [...], "items": [...]}; index = position + 1
 
 
 @dataclass
@@ -31,7 +32,7 @@ class TrainConfig:
 
     # --- data -------------------------------------------------------------------------
     mode: str = "eval"  # eval: train on train, stop on valid; deploy: train on train+valid
-    history_len: int = 50  # last N items of a user's history fed to attention
+    history_len: int = DEFAULT_HISTORY_LEN  # last N items of a user's history fed to attention
     history_skip: float = 0.0  # chance a training history ends one item early (stale features)
     cold_items: float = 0.0  # share of catalogue items hidden from training (ColdHR runs)
     # --- model ------------------------------------------------------------------------
@@ -125,7 +126,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = getattr(TrainConfig(), f.name)
         if isinstance(default, bool):
-            group.add_argument(flag, type=_parse_bool, default=None, help=f"default {default}")
+            group.add_argument(flag, type=parse_bool, default=None, help=f"default {default}")
         elif isinstance(default, list):
             group.add_argument(flag, type=int, nargs="+", default=None, help=f"default {default}")
         else:
@@ -143,31 +144,3 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
     config = TrainConfig.from_dict(values)
     config.validate()
     return config
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def write_json_atomic(path: Path, payload: Any) -> Path:
-    """Write JSON to a temp file in the same folder, then rename it into place."""
-    return write_bytes_atomic(Path(path), (json.dumps(payload, indent=2) + "\n").encode())
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write bytes atomically: a crash leaves either the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

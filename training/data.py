@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training import movielens, schema, synthetic
+from core import schema
+from training import movielens, synthetic
 from training.tables import (
     DataValidationError,
     RawTables,

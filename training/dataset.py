@@ -25,7 +25,8 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from training import features, schema
+from core import schema
+from training import features
 from training.tables import sort_interactions
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from core.files import write_atomic
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = Path("data/cache/embeddings")
@@ -131,9 +133,7 @@ def save_cache(cache_dir: Path, identity: str, keys: pd.Index, vectors: np.ndarr
         pa.array(vectors.astype(np.float32).ravel()), vectors.shape[1]
     )
     table = pa.table({"key": pa.array(list(keys), pa.string()), "vector": vec})
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, file)
+    write_atomic(file, lambda tmp: pq.write_table(table, tmp))
 
 
 def _encode(model: Any, texts: list[str], batch_size: int) -> np.ndarray:

@@ -8,7 +8,7 @@ Run::
 catalogue items (items without training interactions are scored through the unknown row
 plus their content) minus each user's train and validation items. The baselines of
 `training.baselines` are fitted on the same [all users, all catalogue items] train matrix.
-The fusion model is also reported after serving's long-tail re-ranking (`serving.rerank`)
+The fusion model is also reported after serving's long-tail re-ranking (`core.rerank`)
 at each tail weight of ``RERANK_WEIGHTS``, and once more with the user's validation
 interaction appended to the history it reads at test time (``FUSION_LATEST``: the same
 model and weights; DESIGN.md's protocol builds histories from train only, but a sequential
@@ -38,10 +38,11 @@ import numpy as np
 import torch
 from scipy.special import expit
 
-from serving import rerank
+from core import contract, rerank
+from core.files import write_bytes_atomic, write_json_atomic
 from training import dataset as ds
 from training.baselines import default_baselines
-from training.config import TrainConfig, write_bytes_atomic, write_json_atomic
+from training.config import TrainConfig
 from training.metrics import RankingAccumulator, ctr_metrics, set_metrics_at_k
 from training.train import pick_device, score_users
 
@@ -180,7 +181,7 @@ def user_tail_appetite(data: ds.TrainingData, users: np.ndarray) -> np.ndarray:
 def rerank_sweep(
     score: Scorer, data: ds.TrainingData, holdout: ds.Holdout, config: TrainConfig, label: str
 ) -> dict[str, dict]:
-    """Ranking metrics of serving's long-tail re-ranking (serving.rerank) applied to the
+    """Ranking metrics of serving's long-tail re-ranking (core.rerank) applied to the
     fusion model's click probabilities over the full catalogue, one row per λ in
     ``RERANK_WEIGHTS``: what the tail gains and what accuracy it costs."""
     k = config.k
@@ -366,13 +367,20 @@ def quantization_report(run_dir: Path, fp32: Path, int8: Path, max_users: int = 
 
 
 def _onnx_scores(session, data: ds.TrainingData, user: np.ndarray) -> np.ndarray:
-    """One ONNX Runtime run over the whole catalogue for one user (the serving contract)."""
-    hist = data.histories[user]
-    real = hist[hist != data.pad][None, :]
-    hist = real if real.size else hist[:, -1:]
-    side = ds.user_side(data, user, hist) | ds.item_side(data, np.arange(data.n_catalogue))
-    feeds = {k: v.numpy() for k, v in side.items()}
-    return session.run(["logit"], feeds)[0][None, :]
+    """One ONNX Runtime run over the whole catalogue for one user, fed exactly as the
+    server feeds it (``core.contract.build_feed``)."""
+    hist = data.histories[int(user[0])]
+    hist = hist[hist != data.pad]
+    items = np.arange(data.n_catalogue)
+    feed = contract.build_feed(
+        user_idx=int(data.user_to_vocab[int(user[0])]),
+        hist_idx=data.item_to_vocab[hist],
+        hist_content=data.content[hist],
+        item_idx=data.item_to_vocab[items],
+        item_content=data.content[items],
+        item_count=data.train_counts,
+    )
+    return session.run(["logit"], feed)[0][None, :]
 
 
 def main(argv: list[str] | None = None) -> None:

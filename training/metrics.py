@@ -36,7 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.stats import rankdata
 
-from training.schema import gini
+from core.schema import gini
 
 log = logging.getLogger(__name__)
 

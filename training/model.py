@@ -37,6 +37,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from core import contract
 from training.config import TrainConfig
 
 MASK_VALUE = -1e9  # large finite negative for padded history slots (never -inf: no NaN)
@@ -314,19 +315,9 @@ class ExportWrapper(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(
-        self,
-        user_idx: Tensor,
-        hist_idx: Tensor,
-        hist_content: Tensor,
-        hist_mask: Tensor,
-        item_idx: Tensor,
-        item_content: Tensor,
-        item_count: Tensor,
-    ) -> tuple[Tensor, Tensor]:
-        logit = self.model(
-            user_idx, hist_idx, hist_content, hist_mask, item_idx, item_content, item_count
-        )
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """Inputs in ``core.contract.INPUT_NAMES`` order -> (logit [N], prob [N])."""
+        logit = self.model(**dict(zip(contract.INPUT_NAMES, inputs, strict=True)))
         return logit, torch.sigmoid(logit)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from training import schema
+from core import schema
 from training.tables import DataValidationError
 
 log = logging.getLogger(__name__)

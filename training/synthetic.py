@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from training import schema
+from core import schema
 
 # category -> nouns used in titles; the category name itself is an item text column
 CATEGORIES: dict[str, tuple[str, ...]] = {

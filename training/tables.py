@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training import schema
+from core import schema
 
 log = logging.getLogger("training.data")
 

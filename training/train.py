@@ -62,16 +62,10 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from core import contract, schema
+from core.files import write_atomic, write_json_atomic
 from training import dataset as ds
-from training import schema
-from training.config import (
-    CHECKPOINT_FILE,
-    VOCAB_FILE,
-    TrainConfig,
-    add_config_arguments,
-    config_from_args,
-    write_json_atomic,
-)
+from training.config import CHECKPOINT_FILE, TrainConfig, add_config_arguments, config_from_args
 from training.metrics import RankingAccumulator
 from training.model import MASK_VALUE, FusionCTR, UserSide, build_model
 
@@ -298,10 +292,10 @@ def save_checkpoint(
         "n_items": len(data.item_vocab),
         **extra,
     }
-    tmp = run_dir / f".{CHECKPOINT_FILE}.tmp"
-    torch.save(payload, tmp)
-    tmp.replace(run_dir / CHECKPOINT_FILE)
-    write_json_atomic(run_dir / VOCAB_FILE, {"users": data.user_vocab, "items": data.item_vocab})
+    write_atomic(run_dir / CHECKPOINT_FILE, lambda tmp: torch.save(payload, tmp))
+    write_json_atomic(
+        run_dir / contract.VOCAB_FILE, {"users": data.user_vocab, "items": data.item_vocab}
+    )
 
 
 def train(config: TrainConfig, data_dir: Path, features_dir: Path, out: Path) -> dict:
