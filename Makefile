@@ -77,9 +77,10 @@ test: $(STAMP)  ## the full test suite (pytest exit 5, "no tests ran", fails too
 	$(PY) -m pytest; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; fi; exit $$rc
 
-lint: $(STAMP)  ## ruff check and format check
+lint: $(STAMP)  ## ruff check and format check, then the layer contracts (import-linter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 protos: $(STAMP)  ## regenerate the checked-in gRPC stubs under serving/api
 	$(PY) protos/generate.py
