@@ -20,11 +20,12 @@ import torch
 
 from core import schema
 from training import dataset as ds
+from training.checkpoint import load_config, load_run
 from training.config import TrainConfig, add_config_arguments, config_from_args
 from training.evaluate import evaluate_run
-from training.export import load_run
+from training.scoring import pick_device, score_users
 from training.train import main as train_main
-from training.train import pick_device, score_users, train
+from training.train import train
 
 N_USERS, N_ITEMS, DIM = 40, 12, 8
 CONFIG = {
@@ -97,7 +98,7 @@ def test_obvious_pattern_is_learned(trained_run: Path, cluster_dirs) -> None:
 
 
 def test_run_dir_holds_checkpoint_config_vocab_and_tensorboard(trained_run: Path) -> None:
-    config = TrainConfig.load(trained_run)
+    config = load_config(trained_run)
     assert config.content_dim == DIM and config.mode == "eval"
     vocab = json.loads((trained_run / "vocab.json").read_text())
     assert len(vocab["items"]) == N_ITEMS and len(vocab["users"]) == N_USERS
@@ -176,7 +177,7 @@ def test_cli_trains_in_deploy_mode(cluster_dirs, tmp_path: Path) -> None:
     argv = ["--data", str(data_dir), "--features", str(features_dir), "--out", str(tmp_path)]
     argv += ["--mode", "deploy", "--epochs", "1", "--embedding-dim", "8", "--device", "cpu"]
     train_main(argv)
-    assert TrainConfig.load(tmp_path).mode == "deploy"
+    assert load_config(tmp_path).mode == "deploy"
     assert (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "metrics.json").exists()
 
 

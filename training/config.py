@@ -3,7 +3,8 @@
 `TrainConfig` holds every knob of the fusion model and its training loop with a commented
 default. `python -m training.train` turns each field into a `--flag` (underscores become
 dashes), and the resolved config is saved as `config.json` beside every checkpoint and
-ONNX file, so a run can always be reproduced and loaded without guessing::
+ONNX file (`training.checkpoint`), so a run can always be reproduced and loaded without
+guessing::
 
     python -m training.train --data data/movielens-100k --features feature_repo/data \\
         --mode eval --out artifacts/ml --embedding-dim 64 --sampler uniform
@@ -13,17 +14,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from core.cli import parse_bool
 from core.contract import DEFAULT_HISTORY_LEN
-from core.files import write_json_atomic
-
-CONFIG_FILE = "config.json"
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 @dataclass
@@ -107,16 +102,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
         return cls(**values)
-
-    def save(self, run_dir: Path) -> Path:
-        return write_json_atomic(Path(run_dir) / CONFIG_FILE, self.to_dict())
-
-    @classmethod
-    def load(cls, run_dir: Path) -> TrainConfig:
-        path = Path(run_dir) / CONFIG_FILE
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: is {run_dir} a training run directory?")
-        return cls.from_dict(json.loads(path.read_text()))
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -31,20 +31,19 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy.special import expit
 
-from core import contract, rerank
+from core import rerank
 from core.files import write_bytes_atomic, write_json_atomic
 from training import dataset as ds
 from training.baselines import default_baselines
+from training.checkpoint import CheckpointError, load_run, run_data
 from training.config import TrainConfig
 from training.metrics import RankingAccumulator, ctr_metrics, set_metrics_at_k
-from training.train import pick_device, score_users
+from training.scoring import ProbaFn, Scorer, fusion_scorers
 
 log = logging.getLogger(__name__)
 FUSION = "FusionCTR"
@@ -52,24 +51,6 @@ FUSION = "FusionCTR"
 FUSION_LATEST = f"{FUSION} (history incl. valid)"
 # tail weights λ of serving's re-ranking rule evaluated offline (0 = the model alone)
 RERANK_WEIGHTS = (0.1, 0.2, 0.3, 0.5)
-Scorer = Callable[[np.ndarray], np.ndarray]
-
-
-def load_for_evaluation(run_dir: Path) -> tuple[torch.nn.Module, dict, ds.TrainingData]:
-    """The run's model (via the export loader's checks), payload and training data."""
-    from training.export import load_run
-
-    model, payload, _ = load_run(run_dir)
-    config = TrainConfig.from_dict(payload["config"])
-    data = ds.load_training_data(
-        Path(payload["data_dir"]),
-        Path(payload["features_dir"]),
-        config.mode,
-        config.history_len,
-        config.cold_items,
-        config.seed,
-    )
-    return model, payload, data
 
 
 def ctr_pairs(data: ds.TrainingData, holdout: ds.Holdout, negatives: int, seed: int):
@@ -92,7 +73,7 @@ def evaluate_scorer(
     data: ds.TrainingData,
     holdout: ds.Holdout,
     config: TrainConfig,
-    proba: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
+    proba: ProbaFn | None,
 ) -> dict[str, float]:
     """All protocol metrics of one scorer on one holdout."""
     k, chunk = config.k, config.eval_batch_users
@@ -147,28 +128,6 @@ def histories_with_validation(data: ds.TrainingData) -> np.ndarray:
     hist[users, :-1] = hist[users, 1:]
     hist[users, -1] = data.valid.items
     return hist
-
-
-def fusion_scorers(
-    model, data: ds.TrainingData, config: TrainConfig, histories: np.ndarray | None = None
-):
-    """Full-ranking scorer and pairwise probability function of the fusion model."""
-    device = pick_device(config.device)
-    model = model.to(device)
-
-    def score(users: np.ndarray) -> np.ndarray:
-        return score_users(model, data, users, device, histories)
-
-    @torch.no_grad()
-    def proba(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Pairs come as each user repeated M times with its M items (evaluate_scorer)."""
-        m = config.negatives + 1
-        user, cand = users[::m], items.reshape(-1, m)
-        side = ds.user_side(data, user, data.histories[user]) | ds.item_side(data, cand)
-        logits = model.score(**{k: v.to(device) for k, v in side.items()})
-        return expit(logits.float().cpu().numpy().ravel())
-
-    return score, proba
 
 
 def user_tail_appetite(data: ds.TrainingData, users: np.ndarray) -> np.ndarray:
@@ -310,7 +269,8 @@ def cold_item_run(run_dir: Path, payload: dict, fraction: float) -> dict:
 
 def evaluate_run(run_dir: Path, cold_items: float = 0.0) -> dict:
     """Evaluate a run (and optionally a cold-item copy); write and return the report."""
-    model, payload, data = load_for_evaluation(run_dir)
+    model, payload, _ = load_run(run_dir)
+    data = run_data(payload)
     config = TrainConfig.from_dict(payload["config"])
     holdout = data.test if data.test is not None else data.valid
     report = {
@@ -341,48 +301,6 @@ def evaluate_run(run_dir: Path, cold_items: float = 0.0) -> dict:
 _COLD_KEYS = ("ColdHR", "HR", "NDCG", "TailHR", "n_cold_cases")
 
 
-def quantization_report(run_dir: Path, fp32: Path, int8: Path, max_users: int = 2000) -> dict:
-    """Ranking metrics of the fp32 and int8 ONNX graphs on the run's holdout."""
-    import onnxruntime as ort
-
-    _, payload, data = load_for_evaluation(run_dir)
-    config = TrainConfig.from_dict(payload["config"])
-    holdout = data.test if data.test is not None else data.valid
-    out: dict = {"users": min(len(holdout.users), max_users)}
-    for label, path in (("fp32", fp32), ("int8", int8)):
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        acc = RankingAccumulator(data.train_counts, data.is_tail, k=config.k)
-        for start in range(0, out["users"], config.eval_batch_users):
-            rows = np.arange(start, min(start + config.eval_batch_users, out["users"]))
-            users = holdout.users[rows]
-            scores = np.vstack(
-                [_onnx_scores(session, data, users[i : i + 1]) for i in range(len(users))]
-            )
-            acc.add(scores, holdout.items[rows], holdout.exclude[users])
-        result = acc.result()
-        out[label] = {n: result[f"{n}@{config.k}"] for n in ("HR", "NDCG", "TailHR")}
-        out[f"{label}_bytes"] = path.stat().st_size
-    out["delta"] = {n: out["int8"][n] - out["fp32"][n] for n in out["fp32"]}
-    return out
-
-
-def _onnx_scores(session, data: ds.TrainingData, user: np.ndarray) -> np.ndarray:
-    """One ONNX Runtime run over the whole catalogue for one user, fed exactly as the
-    server feeds it (``core.contract.build_feed``)."""
-    hist = data.histories[int(user[0])]
-    hist = hist[hist != data.pad]
-    items = np.arange(data.n_catalogue)
-    feed = contract.build_feed(
-        user_idx=int(data.user_to_vocab[int(user[0])]),
-        hist_idx=data.item_to_vocab[hist],
-        hist_content=data.content[hist],
-        item_idx=data.item_to_vocab[items],
-        item_content=data.content[items],
-        item_count=data.train_counts,
-    )
-    return session.run(["logit"], feed)[0][None, :]
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="run dir with checkpoint.pt")
@@ -393,7 +311,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not 0.0 <= args.cold_items < 1.0:
         parser.error("--cold-items must be in [0, 1)")
-    report = evaluate_run(args.run, args.cold_items)
+    try:
+        report = evaluate_run(args.run, args.cold_items)
+    except CheckpointError as exc:
+        raise SystemExit(f"evaluation failed: {exc}") from None
     print(json.dumps({name: _brief(m, report["k"]) for name, m in report["models"].items()}))
 
 

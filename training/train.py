@@ -62,12 +62,13 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from core import contract, schema
-from core.files import write_atomic, write_json_atomic
+from core import schema
+from core.files import write_json_atomic
 from training import dataset as ds
-from training.config import CHECKPOINT_FILE, TrainConfig, add_config_arguments, config_from_args
-from training.metrics import RankingAccumulator
+from training.checkpoint import save_checkpoint, save_config
+from training.config import TrainConfig, add_config_arguments, config_from_args
 from training.model import MASK_VALUE, FusionCTR, UserSide, build_model
+from training.scoring import pick_device, ranking_metrics
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "train_summary.json"
@@ -77,12 +78,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def sampling_distribution(data: ds.TrainingData, config: TrainConfig) -> np.ndarray:
@@ -240,37 +235,6 @@ def train_epoch(
     return total / max(steps, 1)
 
 
-@torch.no_grad()
-def score_users(
-    model: FusionCTR,
-    data: ds.TrainingData,
-    users: np.ndarray,
-    device: torch.device,
-    histories: np.ndarray | None = None,
-) -> np.ndarray:
-    """Full-ranking scores [len(users), n_catalogue] (logits) of every catalogue item, with
-    the users' training histories or ``histories`` ([n_users, L]) instead."""
-    model.eval()
-    items = np.arange(data.n_catalogue)[None, :]
-    cand = {k: v.to(device) for k, v in ds.item_side(data, items).items()}
-    hist = data.histories if histories is None else histories
-    user = ds.user_side(data, users, hist[users])
-    user = {k: v.to(device) for k, v in user.items()}
-    return model.score(**user, **cand).float().cpu().numpy()
-
-
-def ranking_metrics(
-    model: FusionCTR, data: ds.TrainingData, holdout: ds.Holdout, config: TrainConfig, device
-) -> dict[str, float]:
-    """Full-ranking metrics of the model on one holdout (RankingAccumulator)."""
-    acc = RankingAccumulator(data.train_counts, data.is_tail, k=config.k)
-    for start in range(0, len(holdout.users), config.eval_batch_users):
-        users = holdout.users[start : start + config.eval_batch_users]
-        scores = score_users(model, data, users, device)
-        acc.add(scores, holdout.items[start : start + len(users)], holdout.exclude[users])
-    return acc.result()
-
-
 def valid_subset(holdout: ds.Holdout, config: TrainConfig) -> ds.Holdout:
     """A seeded subset of `valid_users` cases for early stopping (all when 0)."""
     if not config.valid_users or config.valid_users >= len(holdout.users):
@@ -278,24 +242,6 @@ def valid_subset(holdout: ds.Holdout, config: TrainConfig) -> ds.Holdout:
     rng = np.random.default_rng(config.seed + 1)
     rows = np.sort(rng.choice(len(holdout.users), config.valid_users, replace=False))
     return ds.Holdout(users=holdout.users[rows], items=holdout.items[rows], exclude=holdout.exclude)
-
-
-def save_checkpoint(
-    run_dir: Path, model: FusionCTR, data: ds.TrainingData, config: TrainConfig, extra: dict
-) -> None:
-    """checkpoint.pt (state, sizes, vocab) written atomically, plus vocab.json."""
-    payload = {
-        "format_version": 1,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "config": config.to_dict(),
-        "n_users": len(data.user_vocab),
-        "n_items": len(data.item_vocab),
-        **extra,
-    }
-    write_atomic(run_dir / CHECKPOINT_FILE, lambda tmp: torch.save(payload, tmp))
-    write_json_atomic(
-        run_dir / contract.VOCAB_FILE, {"users": data.user_vocab, "items": data.item_vocab}
-    )
 
 
 def train(config: TrainConfig, data_dir: Path, features_dir: Path, out: Path) -> dict:
@@ -315,11 +261,12 @@ def train(config: TrainConfig, data_dir: Path, features_dir: Path, out: Path) ->
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch(data, config))
     out.mkdir(parents=True, exist_ok=True)
-    config.save(out)
+    save_config(out, config)
     from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
 
     writer = SummaryWriter(str(out / "tensorboard"))
     meta = {"data_dir": str(data_dir), "features_dir": str(features_dir)}
+    vocab = {"users": data.user_vocab, "items": data.item_vocab}
     head = data.train_counts[~data.is_tail]
     head_tail = {
         "head_share": schema.HEAD_SHARE,
@@ -340,7 +287,7 @@ def train(config: TrainConfig, data_dir: Path, features_dir: Path, out: Path) ->
         if ndcg > best:
             best, best_epoch = ndcg, epoch
             extra = {**meta, "epoch": epoch, "valid_metrics": valid, "head_tail": head_tail}
-            save_checkpoint(out, model, data, config, extra)
+            save_checkpoint(out, model, config, vocab, extra)
         elif epoch - best_epoch >= config.patience * config.eval_every:
             log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
             break
