@@ -42,7 +42,6 @@ CONFIG = {
     "id_dropout": 0.1,
     "device": "cpu",
     "num_threads": 1,  # tiny tensors: thread hand-offs cost more than they save
-    "run_evaluation": False,
 }
 
 
@@ -172,12 +171,14 @@ def test_missing_tables_say_what_to_run(tmp_path: Path) -> None:
         ds.load_training_data(tmp_path, tmp_path, "eval", 50, 0.0, 0)
 
 
-def test_cli_trains_in_deploy_mode(cluster_dirs, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["deploy", "eval"])
+def test_cli_trains_and_never_evaluates(cluster_dirs, tmp_path: Path, mode: str) -> None:
+    """Evaluation is the caller's next step (`python -m training.evaluate`), in any mode."""
     data_dir, features_dir = cluster_dirs
     argv = ["--data", str(data_dir), "--features", str(features_dir), "--out", str(tmp_path)]
-    argv += ["--mode", "deploy", "--epochs", "1", "--embedding-dim", "8", "--device", "cpu"]
+    argv += ["--mode", mode, "--epochs", "1", "--embedding-dim", "8", "--device", "cpu"]
     train_main(argv)
-    assert load_config(tmp_path).mode == "deploy"
+    assert load_config(tmp_path).mode == mode
     assert (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "metrics.json").exists()
 
 

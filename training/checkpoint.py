@@ -31,8 +31,9 @@ CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 # runs saved before an option existed were trained without it
 OLD_RUN_DEFAULTS = {"recency": False, "seq_layers": 0, "catalogue_softmax": 0.0}
-# options old runs may carry that no longer exist
-REMOVED_OPTIONS: tuple[str, ...] = ()
+# options old runs may carry that no longer exist (run_evaluation: training no longer
+# evaluates, `python -m training.evaluate` is the caller's next step)
+REMOVED_OPTIONS = ("run_evaluation",)
 
 
 class CheckpointError(RuntimeError):

@@ -67,7 +67,6 @@ class TrainConfig:
     k: int = 10  # cut-off of every ranking metric
     eval_batch_users: int = 16  # users scored together in full ranking
     valid_users: int = 0  # early-stop on this many seeded users (0 = all: 200 was too noisy)
-    run_evaluation: bool = True  # eval mode: run training.evaluate at the end
 
     def validate(self) -> None:
         """Raise ValueError naming the bad field and what to use instead."""

@@ -4,9 +4,11 @@ Run::
 
     python -m training.evaluate --run artifacts/movielens-100k [--cold-items 0.1]
 
-(an eval-mode `python -m training.train` runs this at its end). Ranking is over ALL
-catalogue items (items without training interactions are scored through the unknown row
-plus their content) minus each user's train and validation items. The baselines of
+after `python -m training.train --mode eval --out artifacts/<name> ...`: training never
+evaluates, this is the caller's next step (a deploy-mode run is evaluated on its
+early-stopping holdout). Ranking is over ALL catalogue items (items without training
+interactions are scored through the unknown row plus their content) minus each user's
+train and validation items. The baselines of
 `training.baselines` are fitted on the same [all users, all catalogue items] train matrix.
 The fusion model is also reported after serving's long-tail re-ranking (`core.rerank`)
 at each tail weight of ``RERANK_WEIGHTS``, and once more with the user's validation
@@ -44,6 +46,7 @@ from training.checkpoint import CheckpointError, load_run, run_data
 from training.config import TrainConfig
 from training.metrics import RankingAccumulator, ctr_metrics, set_metrics_at_k
 from training.scoring import ProbaFn, Scorer, fusion_scorers
+from training.train import train
 
 log = logging.getLogger(__name__)
 FUSION = "FusionCTR"
@@ -258,10 +261,8 @@ def tail_plot(report: dict) -> bytes:
 
 def cold_item_run(run_dir: Path, payload: dict, fraction: float) -> dict:
     """Train a copy of the run with `fraction` of items hidden; evaluate it fully."""
-    from training.train import train
-
     config = TrainConfig.from_dict(payload["config"])
-    config.cold_items, config.run_evaluation, config.mode = fraction, False, "eval"
+    config.cold_items, config.mode = fraction, "eval"
     cold_dir = run_dir / f"cold-items-{fraction:g}"
     train(config, Path(payload["data_dir"]), Path(payload["features_dir"]), cold_dir)
     return evaluate_run(cold_dir)

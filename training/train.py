@@ -46,7 +46,12 @@ then also learns from stale histories, as when the feature store lags behind);
 
 Seeded; tqdm progress; TensorBoard logs under <out>/tensorboard; CPU by default, CUDA when
 present. Writes <out>/checkpoint.pt (best epoch), config.json, vocab.json and
-train_summary.json; an eval-mode run then runs `training.evaluate` on the test split.
+train_summary.json (`training.checkpoint`). Training never evaluates: evaluation on the
+test split is the caller's next step::
+
+    python -m training.train --data data/ml --features data/ml/features_eval \
+        --mode eval --out artifacts/ml-eval
+    python -m training.evaluate --run artifacts/ml-eval
 """
 
 from __future__ import annotations
@@ -313,10 +318,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = config_from_args(args)
     summary = train(config, args.data, args.features, args.out)
-    if config.mode == "eval" and config.run_evaluation:
-        from training.evaluate import evaluate_run
-
-        evaluate_run(args.out)
     print(f"trained {args.out}: best epoch {summary['best_epoch']}, {summary}")
 
 
