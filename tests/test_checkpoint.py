@@ -34,7 +34,7 @@ def save_run(run_dir: Path, config: TrainConfig) -> torch.nn.Module:
 
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
-    config = TrainConfig(**SMALL, mlp_dims=[16, 8], seed=7)
+    config = TrainConfig(**SMALL, mlp_dims=(16, 8), seed=7)
     model = save_run(tmp_path, config)
     loaded, payload, vocab = load_run(tmp_path)
     assert vocab == VOCAB and payload["epoch"] == 3 and payload["data_dir"] == "data/x"
@@ -80,8 +80,8 @@ def test_unloadable_runs_say_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="training run directory"):
         load_config(tmp_path)
     save_run(tmp_path, TrainConfig(**SMALL))
-    (tmp_path / "config.json").write_text('{"negativs": 3}')
-    with pytest.raises(CheckpointError, match="negativs"):
+    (tmp_path / "config.json").write_text('{"sampler": "zipf"}')
+    with pytest.raises(CheckpointError, match="sampler must be"):
         load_config(tmp_path)
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupted"):

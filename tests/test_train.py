@@ -159,7 +159,7 @@ def test_cli_overrides_and_bad_config_fail_clearly() -> None:
     add_config_arguments(parser)
     args = parser.parse_args(["--negatives", "3", "--mlp-dims", "8", "4", "--sampler", "uniform"])
     config = config_from_args(args)
-    assert config.negatives == 3 and config.mlp_dims == [8, 4]
+    assert config.negatives == 3 and config.mlp_dims == (8, 4)
     with pytest.raises(ValueError, match="sampler must be"):
         config_from_args(parser.parse_args(["--sampler", "zipf"]))
     with pytest.raises(ValueError, match="unknown config keys"):
@@ -227,7 +227,7 @@ def test_softmax_loss_is_cross_entropy_over_the_candidates() -> None:
     config = TrainConfig(loss="softmax", bce_weight=0.5)
     assert torch.isclose(training_loss(logits, labels, config), softmax + 0.5 * bce)
     with pytest.raises(ValueError, match="loss must be"):
-        TrainConfig(loss="hinge").validate()
+        TrainConfig(loss="hinge")
 
 
 def test_cosine_schedule_decays_the_learning_rate_to_zero_at_the_last_epoch() -> None:

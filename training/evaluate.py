@@ -29,6 +29,7 @@ cases whose target is a hidden item. Writes metrics.json, metrics.md and metrics
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import logging
@@ -262,7 +263,7 @@ def tail_plot(report: dict) -> bytes:
 def cold_item_run(run_dir: Path, payload: dict, fraction: float) -> dict:
     """Train a copy of the run with `fraction` of items hidden; evaluate it fully."""
     config = TrainConfig.from_dict(payload["config"])
-    config.cold_items, config.mode = fraction, "eval"
+    config = dataclasses.replace(config, cold_items=fraction, mode="eval")
     cold_dir = run_dir / f"cold-items-{fraction:g}"
     train(config, Path(payload["data_dir"]), Path(payload["features_dir"]), cold_dir)
     return evaluate_run(cold_dir)

@@ -57,6 +57,7 @@ test split is the caller's next step::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import random
 import time
@@ -251,7 +252,6 @@ def valid_subset(holdout: ds.Holdout, config: TrainConfig) -> ds.Holdout:
 
 def train(config: TrainConfig, data_dir: Path, features_dir: Path, out: Path) -> dict:
     """Seed, data, model, loop with early stopping, save; returns the training summary."""
-    config.validate()
     seed_everything(config.seed)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -259,7 +259,7 @@ def train(config: TrainConfig, data_dir: Path, features_dir: Path, out: Path) ->
     data = ds.load_training_data(
         data_dir, features_dir, config.mode, config.history_len, config.cold_items, config.seed
     )
-    config.content_dim = int(data.content.shape[1])
+    config = dataclasses.replace(config, content_dim=int(data.content.shape[1]))
     device = pick_device(config.device)
     counts = torch.from_numpy(data.vocab_counts())
     model = build_model(config, len(data.user_vocab), len(data.item_vocab), counts).to(device)
