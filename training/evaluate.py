@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.special import expit
 
 from core import rerank
@@ -89,10 +90,9 @@ def evaluate_scorer(
         rows = np.arange(start, min(start + chunk, len(holdout.users)))
         users, targets = holdout.users[rows], holdout.items[rows]
         scores = np.asarray(score(users), dtype=np.float32)
-        acc.add(scores, targets, holdout.exclude[users])
         cold = data.hidden_items[targets]
         cold_cases += int(cold.sum())
-        cold_hits += int((_ranks(scores, targets, holdout.exclude[users]) < k)[cold].sum())
+        cold_hits += add_counting_cold(acc, scores, targets, holdout.exclude[users], cold)
         if proba is not None:
             probs.append(proba(np.repeat(users, pair_items.shape[1]), pair_items[rows].ravel()))
         if data.test is not None and holdout is data.test:
@@ -114,13 +114,17 @@ def evaluate_scorer(
     return result
 
 
-def _ranks(scores: np.ndarray, targets: np.ndarray, exclude) -> np.ndarray:
-    """0-based rank of each target, ties against it (as in training.metrics)."""
-    rows = np.arange(len(targets))
-    valid = ~exclude.toarray().astype(bool)
-    valid[rows, targets] = True
-    s = np.where(np.isnan(scores), -np.inf, scores)
-    return (valid & (s >= s[rows, targets][:, None])).sum(axis=1) - 1
+def add_counting_cold(
+    acc: RankingAccumulator,
+    scores: np.ndarray,
+    targets: np.ndarray,
+    exclude: sp.spmatrix,
+    cold: np.ndarray,
+) -> int:
+    """Add a chunk to ``acc``; return how many of its ``cold`` (hidden-item) targets rank
+    in the top K, by the accumulator's own rank rule (``training.metrics.target_ranks``)."""
+    ranks = acc.add(scores, targets, exclude)
+    return int((ranks < acc.k)[cold].sum())
 
 
 def histories_with_validation(data: ds.TrainingData) -> np.ndarray:
@@ -157,10 +161,8 @@ def rerank_sweep(
         p_tail, cold = user_tail_appetite(data, users), data.hidden_items[targets]
         for weight, acc in accs.items():
             reranked, _ = rerank.rerank_scores(prob, data.is_tail, weight, p_tail)
-            acc.add(reranked, targets, holdout.exclude[users])
-            if cold.any():  # only cold-item runs have hidden targets
-                ranks = _ranks(reranked, targets, holdout.exclude[users])
-                cold_hits[weight] += int((ranks < k)[cold].sum())
+            exclude = holdout.exclude[users]
+            cold_hits[weight] += add_counting_cold(acc, reranked, targets, exclude, cold)
     out = {}
     n_cold = int(data.hidden_items[holdout.items].sum())
     for weight, acc in accs.items():
