@@ -299,3 +299,22 @@ def test_catalogue_softmax_is_cross_entropy_over_every_vocabulary_item(cluster_d
     loss = catalogue_loss(model, side, model.content_proj(content), targets)
     assert torch.isclose(loss, expected)
     assert loss > np.log(len(data.item_vocab)) * 0.5  # untrained: near-uniform over items
+
+
+def test_evaluation_scores_the_catalogue_once_per_history_variant(
+    trained_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-rank sweep re-ranks the scores evaluate_scorer already computed."""
+    from training import scoring
+
+    scored: list[int] = []
+    score_users_ = scoring.score_users
+
+    def counting(model, data, users, *args, **kwargs):
+        scored.append(len(users))
+        return score_users_(model, data, users, *args, **kwargs)
+
+    monkeypatch.setattr(scoring, "score_users", counting)
+    models = evaluate_run(trained_run)["models"]
+    assert sum(scored) == 2 * N_USERS  # each test user: train-only history, then incl. valid
+    assert "FusionCTR+rerank λ=0.5" in models

@@ -14,7 +14,9 @@ The fusion model is also reported after serving's long-tail re-ranking (`core.re
 at each tail weight of ``RERANK_WEIGHTS``, and once more with the user's validation
 interaction appended to the history it reads at test time (``FUSION_LATEST``: the same
 model and weights; DESIGN.md's protocol builds histories from train only, but a sequential
-model's published figures, and the server, feed the whole past).
+model's published figures, and the server, feed the whole past). Each history variant
+scores the catalogue once: the re-ranking rows re-rank those scores (``RerankSweep``, a
+hook of ``evaluate_scorer``), so the fusion model's ``eval_seconds`` includes them.
 Reported per model at K: HR, NDCG, MRR, TailHR, HeadHR, APLT, Coverage, Gini, ARP
 (`training.metrics.RankingAccumulator`); AUC and LogLoss on the test positives against
 `negatives` uniformly drawn unseen items each (models with a probability output);
@@ -34,6 +36,7 @@ import io
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +59,8 @@ FUSION = "FusionCTR"
 FUSION_LATEST = f"{FUSION} (history incl. valid)"
 # tail weights λ of serving's re-ranking rule evaluated offline (0 = the model alone)
 RERANK_WEIGHTS = (0.1, 0.2, 0.3, 0.5)
+# sees each chunk evaluate_scorer ranks: (users [u], targets [u], scores [u, n_catalogue])
+ChunkHook = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
 
 
 def ctr_pairs(data: ds.TrainingData, holdout: ds.Holdout, negatives: int, seed: int):
@@ -79,8 +84,11 @@ def evaluate_scorer(
     holdout: ds.Holdout,
     config: TrainConfig,
     proba: ProbaFn | None,
+    hooks: Sequence[ChunkHook] = (),
 ) -> dict[str, float]:
-    """All protocol metrics of one scorer on one holdout."""
+    """All protocol metrics of one scorer on one holdout. Each ``hook`` sees every chunk's
+    (users, targets, scores) too, so more metrics of the same scores (``RerankSweep``)
+    need no second scoring pass over the catalogue."""
     k, chunk = config.k, config.eval_batch_users
     acc = RankingAccumulator(data.train_counts, data.is_tail, k=k)
     pair_items, pair_labels = ctr_pairs(data, holdout, config.negatives, config.seed)
@@ -93,6 +101,8 @@ def evaluate_scorer(
         cold = data.hidden_items[targets]
         cold_cases += int(cold.sum())
         cold_hits += add_counting_cold(acc, scores, targets, holdout.exclude[users], cold)
+        for hook in hooks:
+            hook(users, targets, scores)
         if proba is not None:
             probs.append(proba(np.repeat(users, pair_items.shape[1]), pair_items[rows].ravel()))
         if data.test is not None and holdout is data.test:
@@ -145,31 +155,40 @@ def user_tail_appetite(data: ds.TrainingData, users: np.ndarray) -> np.ndarray:
     return rerank.tail_appetite(data.is_tail[np.clip(hist, 0, data.n_catalogue - 1)], real)[:, None]
 
 
-def rerank_sweep(
-    score: Scorer, data: ds.TrainingData, holdout: ds.Holdout, config: TrainConfig, label: str
-) -> dict[str, dict]:
+class RerankSweep:
     """Ranking metrics of serving's long-tail re-ranking (core.rerank) applied to the
     fusion model's click probabilities over the full catalogue, one row per λ in
-    ``RERANK_WEIGHTS``: what the tail gains and what accuracy it costs."""
-    k = config.k
-    accs = {w: RankingAccumulator(data.train_counts, data.is_tail, k=k) for w in RERANK_WEIGHTS}
-    cold_hits = dict.fromkeys(RERANK_WEIGHTS, 0)
-    for start in range(0, len(holdout.users), config.eval_batch_users):
-        rows = np.arange(start, min(start + config.eval_batch_users, len(holdout.users)))
-        users, targets = holdout.users[rows], holdout.items[rows]
-        prob = expit(np.asarray(score(users), dtype=np.float64))
+    ``RERANK_WEIGHTS``: what the tail gains and what accuracy it costs. A hook of
+    ``evaluate_scorer``: it re-ranks the chunks that scorer's pass already scored."""
+
+    def __init__(self, data: ds.TrainingData, holdout: ds.Holdout, config: TrainConfig) -> None:
+        self.data, self.holdout, self.k = data, holdout, config.k
+        self.accs = {
+            w: RankingAccumulator(data.train_counts, data.is_tail, k=config.k)
+            for w in RERANK_WEIGHTS
+        }
+        self.cold_hits = dict.fromkeys(RERANK_WEIGHTS, 0)
+
+    def __call__(self, users: np.ndarray, targets: np.ndarray, scores: np.ndarray) -> None:
+        """Re-rank one chunk of logits at every λ."""
+        data = self.data
+        prob = expit(np.asarray(scores, dtype=np.float64))
         p_tail, cold = user_tail_appetite(data, users), data.hidden_items[targets]
-        for weight, acc in accs.items():
+        exclude = self.holdout.exclude[users]
+        for weight, acc in self.accs.items():
             reranked, _ = rerank.rerank_scores(prob, data.is_tail, weight, p_tail)
-            exclude = holdout.exclude[users]
-            cold_hits[weight] += add_counting_cold(acc, reranked, targets, exclude, cold)
-    out = {}
-    n_cold = int(data.hidden_items[holdout.items].sum())
-    for weight, acc in accs.items():
-        out[f"{label}+rerank λ={weight:g}"] = result = acc.result()
-        if n_cold:
-            result[f"ColdHR@{k}"], result["n_cold_cases"] = cold_hits[weight] / n_cold, n_cold
-    return out
+            self.cold_hits[weight] += add_counting_cold(acc, reranked, targets, exclude, cold)
+
+    def results(self, label: str) -> dict[str, dict]:
+        """``{"<label>+rerank λ=<w>": metrics}`` over every chunk seen."""
+        out = {}
+        n_cold = int(self.data.hidden_items[self.holdout.items].sum())
+        for weight, acc in self.accs.items():
+            out[f"{label}+rerank λ={weight:g}"] = result = acc.result()
+            if n_cold:
+                result[f"ColdHR@{self.k}"] = self.cold_hits[weight] / n_cold
+                result["n_cold_cases"] = n_cold
+        return out
 
 
 def evaluate_models(model, data: ds.TrainingData, config: TrainConfig) -> dict[str, dict]:
@@ -178,13 +197,15 @@ def evaluate_models(model, data: ds.TrainingData, config: TrainConfig) -> dict[s
     results: dict[str, dict] = {}
     started = time.perf_counter()
     score, proba = fusion_scorers(model, data, config)
-    results[FUSION] = evaluate_scorer(score, data, holdout, config, proba)
+    sweep = RerankSweep(data, holdout, config)
+    results[FUSION] = evaluate_scorer(score, data, holdout, config, proba, hooks=[sweep])
     results[FUSION]["eval_seconds"] = round(time.perf_counter() - started, 2)
-    results.update(rerank_sweep(score, data, holdout, config, FUSION))
+    results.update(sweep.results(FUSION))
     if data.test is not None:  # eval mode: also score the test with the validation item known
         latest, _ = fusion_scorers(model, data, config, histories_with_validation(data))
-        results[FUSION_LATEST] = evaluate_scorer(latest, data, holdout, config, None)
-        results.update(rerank_sweep(latest, data, holdout, config, FUSION_LATEST))
+        sweep = RerankSweep(data, holdout, config)
+        results[FUSION_LATEST] = evaluate_scorer(latest, data, holdout, config, None, [sweep])
+        results.update(sweep.results(FUSION_LATEST))
     train, content = data.train_matrix(), data.content[:-1]
     for baseline in default_baselines(seed=config.seed):
         started = time.perf_counter()
