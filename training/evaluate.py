@@ -8,8 +8,8 @@ after `python -m training.train --mode eval --out artifacts/<name> ...`: trainin
 evaluates, this is the caller's next step (a deploy-mode run is evaluated on its
 early-stopping holdout). Ranking is over ALL catalogue items (items without training
 interactions are scored through the unknown row plus their content) minus each user's
-train and validation items. The baselines of
-`training.baselines` are fitted on the same [all users, all catalogue items] train matrix.
+train and validation items. The baselines of `training.baselines` are fitted on the same
+[all users, all catalogue items] train matrix.
 The fusion model is also reported after serving's long-tail re-ranking (`core.rerank`)
 at each tail weight of ``RERANK_WEIGHTS``, and once more with the user's validation
 interaction appended to the history it reads at test time (``FUSION_LATEST``: the same

@@ -49,7 +49,7 @@ present. Writes <out>/checkpoint.pt (best epoch), config.json, vocab.json and
 train_summary.json (`training.checkpoint`). Training never evaluates: evaluation on the
 test split is the caller's next step::
 
-    python -m training.train --data data/ml --features data/ml/features_eval \
+    python -m training.train --data data/ml --features data/ml/features_eval \\
         --mode eval --out artifacts/ml-eval
     python -m training.evaluate --run artifacts/ml-eval
 """
