@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     features_dir = args.features or args.data / "features_eval"
     ensure_inputs(args.data, features_dir)
-    config = config_from_args(args, TrainConfig(mode="eval", run_evaluation=False))
+    config = config_from_args(args, TrainConfig(mode="eval"))
     started = time.perf_counter()
     summary = train(config, args.data, features_dir, args.out)
     train_seconds = time.perf_counter() - started

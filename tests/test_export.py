@@ -13,7 +13,8 @@ import torch
 
 from core import contract
 from training import export
-from training.export import ExportError, export_run, load_run
+from training.checkpoint import load_run
+from training.export import ExportError, export_run
 from training.model import ExportWrapper
 
 pytestmark = pytest.mark.integration

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from training.evaluate import add_counting_cold
 from training.metrics import (
     RankingAccumulator,
     ctr_metrics,
@@ -60,6 +61,41 @@ def test_ties_go_against_the_target() -> None:
     # tied lists fill by item index, skipping the target: targets 0 and 5 pull in item 10
     assert r["Coverage@10"] == pytest.approx(11 / 20)
     assert acc.exposure[:11].tolist() == [3, 4, 4, 4, 4, 3, 4, 4, 4, 4, 2]
+
+
+def test_add_returns_the_ranks_it_scored_by() -> None:
+    acc = RankingAccumulator(TRAIN_COUNTS, IS_TAIL, k=2)
+    assert acc.add(SCORES, TARGETS, EXCLUDE).tolist() == [0, 1, 2]  # the worked example
+
+
+def test_evaluation_cold_hits_agree_with_the_accumulator() -> None:
+    """evaluate's ColdHR counting and RankingAccumulator rank by one rule: ties against
+    the target, NaN as -inf, excluded items out, a target in its own mask kept."""
+    scores = np.array(
+        [
+            [0.9, 0.9, 0.5, np.nan, 0.1],  # target 1 ties item 0 -> rank 1: miss at K=1
+            [0.2, 0.8, 0.8, 0.1, 0.3],  # target 2 ties item 1, which is excluded -> rank 0
+            [np.nan, 0.4, 0.4, 0.4, 0.7],  # target 3 (in its mask) ties 1, 2; 4 out -> rank 2
+            [0.3, 0.3, 0.3, 0.3, 0.3],  # constant scores: target 4 -> rank 4
+            [np.nan, 0.1, 0.2, 0.3, 0.6],  # target 4 alone on top -> rank 0, but warm
+        ]
+    )
+    targets = np.array([1, 2, 3, 4, 4])
+    mask = np.zeros(scores.shape, dtype=bool)
+    mask[1, 1] = mask[2, 3] = mask[2, 4] = True
+    exclude = sp.csr_matrix(mask)
+    cold = np.array([True, True, True, True, False])
+    counts, tail = np.ones(5), np.ones(5)
+
+    acc = RankingAccumulator(counts, tail, k=1)
+    hits = add_counting_cold(acc, scores, targets, exclude, cold)
+    assert hits == 1  # only user 1's cold target ranks first
+    cold_only = RankingAccumulator(counts, tail, k=1)
+    ranks = cold_only.add(scores[cold], targets[cold], exclude[np.flatnonzero(cold)])
+    assert ranks.tolist() == [1, 0, 2, 4]
+    assert cold_only.result()["HR@1"] * cold.sum() == hits
+    wide = RankingAccumulator(counts, tail, k=4)
+    assert add_counting_cold(wide, scores, targets, exclude, cold) == 3  # ranks 1, 0, 2 < 4
 
 
 def test_exclusion_mask_removes_items_before_ranking() -> None:

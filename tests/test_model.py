@@ -14,8 +14,9 @@ C, USERS, ITEMS = 12, 5, 9
 @pytest.fixture()
 def model() -> torch.nn.Module:
     torch.manual_seed(0)
-    config = TrainConfig(content_dim=C, embedding_dim=8, attention_dim=4, attention_rank=4)
-    config.mlp_dims = [16]
+    config = TrainConfig(
+        content_dim=C, embedding_dim=8, attention_dim=4, attention_rank=4, mlp_dims=(16,)
+    )
     counts = torch.arange(ITEMS + 1, dtype=torch.float32) * 3
     return build_model(config, USERS, ITEMS, counts).eval()
 

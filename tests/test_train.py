@@ -20,11 +20,12 @@ import torch
 
 from core import schema
 from training import dataset as ds
+from training.checkpoint import load_config, load_run
 from training.config import TrainConfig, add_config_arguments, config_from_args
 from training.evaluate import evaluate_run
-from training.export import load_run
+from training.scoring import pick_device, score_users
 from training.train import main as train_main
-from training.train import pick_device, score_users, train
+from training.train import train
 
 N_USERS, N_ITEMS, DIM = 40, 12, 8
 CONFIG = {
@@ -41,7 +42,6 @@ CONFIG = {
     "id_dropout": 0.1,
     "device": "cpu",
     "num_threads": 1,  # tiny tensors: thread hand-offs cost more than they save
-    "run_evaluation": False,
 }
 
 
@@ -97,7 +97,7 @@ def test_obvious_pattern_is_learned(trained_run: Path, cluster_dirs) -> None:
 
 
 def test_run_dir_holds_checkpoint_config_vocab_and_tensorboard(trained_run: Path) -> None:
-    config = TrainConfig.load(trained_run)
+    config = load_config(trained_run)
     assert config.content_dim == DIM and config.mode == "eval"
     vocab = json.loads((trained_run / "vocab.json").read_text())
     assert len(vocab["items"]) == N_ITEMS and len(vocab["users"]) == N_USERS
@@ -159,7 +159,7 @@ def test_cli_overrides_and_bad_config_fail_clearly() -> None:
     add_config_arguments(parser)
     args = parser.parse_args(["--negatives", "3", "--mlp-dims", "8", "4", "--sampler", "uniform"])
     config = config_from_args(args)
-    assert config.negatives == 3 and config.mlp_dims == [8, 4]
+    assert config.negatives == 3 and config.mlp_dims == (8, 4)
     with pytest.raises(ValueError, match="sampler must be"):
         config_from_args(parser.parse_args(["--sampler", "zipf"]))
     with pytest.raises(ValueError, match="unknown config keys"):
@@ -171,12 +171,14 @@ def test_missing_tables_say_what_to_run(tmp_path: Path) -> None:
         ds.load_training_data(tmp_path, tmp_path, "eval", 50, 0.0, 0)
 
 
-def test_cli_trains_in_deploy_mode(cluster_dirs, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["deploy", "eval"])
+def test_cli_trains_and_never_evaluates(cluster_dirs, tmp_path: Path, mode: str) -> None:
+    """Evaluation is the caller's next step (`python -m training.evaluate`), in any mode."""
     data_dir, features_dir = cluster_dirs
     argv = ["--data", str(data_dir), "--features", str(features_dir), "--out", str(tmp_path)]
-    argv += ["--mode", "deploy", "--epochs", "1", "--embedding-dim", "8", "--device", "cpu"]
+    argv += ["--mode", mode, "--epochs", "1", "--embedding-dim", "8", "--device", "cpu"]
     train_main(argv)
-    assert TrainConfig.load(tmp_path).mode == "deploy"
+    assert load_config(tmp_path).mode == mode
     assert (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "metrics.json").exists()
 
 
@@ -225,7 +227,7 @@ def test_softmax_loss_is_cross_entropy_over_the_candidates() -> None:
     config = TrainConfig(loss="softmax", bce_weight=0.5)
     assert torch.isclose(training_loss(logits, labels, config), softmax + 0.5 * bce)
     with pytest.raises(ValueError, match="loss must be"):
-        TrainConfig(loss="hinge").validate()
+        TrainConfig(loss="hinge")
 
 
 def test_cosine_schedule_decays_the_learning_rate_to_zero_at_the_last_epoch() -> None:
@@ -297,3 +299,22 @@ def test_catalogue_softmax_is_cross_entropy_over_every_vocabulary_item(cluster_d
     loss = catalogue_loss(model, side, model.content_proj(content), targets)
     assert torch.isclose(loss, expected)
     assert loss > np.log(len(data.item_vocab)) * 0.5  # untrained: near-uniform over items
+
+
+def test_evaluation_scores_the_catalogue_once_per_history_variant(
+    trained_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The re-rank sweep re-ranks the scores evaluate_scorer already computed."""
+    from training import scoring
+
+    scored: list[int] = []
+    score_users_ = scoring.score_users
+
+    def counting(model, data, users, *args, **kwargs):
+        scored.append(len(users))
+        return score_users_(model, data, users, *args, **kwargs)
+
+    monkeypatch.setattr(scoring, "score_users", counting)
+    models = evaluate_run(trained_run)["models"]
+    assert sum(scored) == 2 * N_USERS  # each test user: train-only history, then incl. valid
+    assert "FusionCTR+rerank λ=0.5" in models

@@ -3,7 +3,8 @@
 `TrainConfig` holds every knob of the fusion model and its training loop with a commented
 default. `python -m training.train` turns each field into a `--flag` (underscores become
 dashes), and the resolved config is saved as `config.json` beside every checkpoint and
-ONNX file, so a run can always be reproduced and loaded without guessing::
+ONNX file (`training.checkpoint`), so a run can always be reproduced and loaded without
+guessing::
 
     python -m training.train --data data/movielens-100k --features feature_repo/data \\
         --mode eval --out artifacts/ml --embedding-dim 64 --sampler uniform
@@ -13,22 +14,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from core.cli import parse_bool
 from core.contract import DEFAULT_HISTORY_LEN
-from core.files import write_json_atomic
-
-CONFIG_FILE = "config.json"
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Every setting of a training run; defaults are the ones tuned on MovieLens-100K."""
+    """Every setting of a training run; defaults are the ones tuned on MovieLens-100K.
+
+    Frozen and validated once, at construction. A value derived later (``content_dim``
+    from the content vectors) makes a new config: ``dataclasses.replace(config, ...)``.
+    """
 
     # --- data -------------------------------------------------------------------------
     mode: str = "eval"  # eval: train on train, stop on valid; deploy: train on train+valid
@@ -43,7 +42,7 @@ class TrainConfig:
     recency: bool = True  # attention keys carry a learned position-from-newest vector
     seq_layers: int = 1  # self-attention blocks of the sequence encoder (0 = no sequence part)
     seq_heads: int = 2  # attention heads per block (embedding_dim must divide by it)
-    mlp_dims: list[int] = field(default_factory=lambda: [64, 32])  # fusion MLP widths
+    mlp_dims: tuple[int, ...] = (64, 32)  # fusion MLP widths
     dropout: float = 0.1  # dropout inside the fusion MLP
     id_dropout: float = 0.15  # chance an item ID is replaced by the unknown row in training
     user_dropout: float = 0.05  # chance a user ID is replaced by the unknown row in training
@@ -72,32 +71,37 @@ class TrainConfig:
     k: int = 10  # cut-off of every ranking metric
     eval_batch_users: int = 16  # users scored together in full ranking
     valid_users: int = 0  # early-stop on this many seeded users (0 = all: 200 was too noisy)
-    run_evaluation: bool = True  # eval mode: run training.evaluate at the end
 
-    def validate(self) -> None:
-        """Raise ValueError naming the bad field and what to use instead."""
-        checks = [
-            (self.mode in ("eval", "deploy"), "mode must be 'eval' or 'deploy'"),
-            (self.sampler in ("uniform", "popularity"), "sampler must be uniform|popularity"),
-            (self.loss in ("bce", "softmax"), "loss must be bce|softmax"),
-            (self.lr_schedule in ("constant", "cosine"), "lr_schedule must be constant|cosine"),
-            (self.bce_weight >= 0.0, "bce_weight must be >= 0"),
-            (self.history_len >= 1, "history_len must be >= 1"),
-            (0.0 <= self.cold_items < 1.0, "cold_items must be in [0, 1)"),
-            (0.0 <= self.id_dropout < 1.0, "id_dropout must be in [0, 1)"),
-            (0.0 <= self.history_skip <= 1.0, "history_skip must be in [0, 1]"),
-            (self.seq_layers >= 0 and self.seq_heads >= 1, "seq_layers >= 0, seq_heads >= 1"),
-            (self.catalogue_softmax >= 0.0, "catalogue_softmax must be >= 0"),
-            (self.negatives >= 1, "negatives must be >= 1"),
-            (self.embedding_dim >= 1 and self.batch_size >= 1, "sizes must be positive"),
-            (self.device in ("auto", "cpu", "cuda"), "device must be auto|cpu|cuda"),
-        ]
-        for ok, message in checks:
+    def __post_init__(self) -> None:
+        """Store ``mlp_dims`` as a tuple (config.json and the CLI give lists) and reject a
+        bad value with ValueError naming the field and what it must be."""
+        object.__setattr__(self, "mlp_dims", tuple(int(width) for width in self.mlp_dims))
+        rules = {  # field -> (value is fine, what it must be)
+            "mode": (self.mode in ("eval", "deploy"), "'eval' or 'deploy'"),
+            "sampler": (self.sampler in ("uniform", "popularity"), "uniform|popularity"),
+            "loss": (self.loss in ("bce", "softmax"), "bce|softmax"),
+            "lr_schedule": (self.lr_schedule in ("constant", "cosine"), "constant|cosine"),
+            "bce_weight": (self.bce_weight >= 0.0, ">= 0"),
+            "history_len": (self.history_len >= 1, ">= 1"),
+            "cold_items": (0.0 <= self.cold_items < 1.0, "in [0, 1)"),
+            "id_dropout": (0.0 <= self.id_dropout < 1.0, "in [0, 1)"),
+            "history_skip": (0.0 <= self.history_skip <= 1.0, "in [0, 1]"),
+            "seq_layers": (self.seq_layers >= 0, ">= 0"),
+            "seq_heads": (self.seq_heads >= 1, ">= 1"),
+            "catalogue_softmax": (self.catalogue_softmax >= 0.0, ">= 0"),
+            "negatives": (self.negatives >= 1, ">= 1"),
+            "embedding_dim": (self.embedding_dim >= 1, ">= 1"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+            "device": (self.device in ("auto", "cpu", "cuda"), "auto|cpu|cuda"),
+        }
+        for name, (ok, rule) in rules.items():
             if not ok:
-                raise ValueError(f"invalid training config: {message}")
+                value = getattr(self, name)
+                raise ValueError(f"invalid training config: {name} must be {rule}, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON values (``mlp_dims`` as a list), as config.json and checkpoints hold them."""
+        return {**dataclasses.asdict(self), "mlp_dims": list(self.mlp_dims)}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -108,16 +112,6 @@ class TrainConfig:
             raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
         return cls(**values)
 
-    def save(self, run_dir: Path) -> Path:
-        return write_json_atomic(Path(run_dir) / CONFIG_FILE, self.to_dict())
-
-    @classmethod
-    def load(cls, run_dir: Path) -> TrainConfig:
-        path = Path(run_dir) / CONFIG_FILE
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found: is {run_dir} a training run directory?")
-        return cls.from_dict(json.loads(path.read_text()))
-
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one `--flag` per TrainConfig field, defaulting to None (= keep the default)."""
@@ -127,7 +121,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         default = getattr(TrainConfig(), f.name)
         if isinstance(default, bool):
             group.add_argument(flag, type=parse_bool, default=None, help=f"default {default}")
-        elif isinstance(default, list):
+        elif isinstance(default, tuple):
             group.add_argument(flag, type=int, nargs="+", default=None, help=f"default {default}")
         else:
             kind = type(default)
@@ -141,6 +135,4 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
         given = getattr(args, name, None)
         if given is not None:
             values[name] = given
-    config = TrainConfig.from_dict(values)
-    config.validate()
-    return config
+    return TrainConfig.from_dict(values)

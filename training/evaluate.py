@@ -4,15 +4,19 @@ Run::
 
     python -m training.evaluate --run artifacts/movielens-100k [--cold-items 0.1]
 
-(an eval-mode `python -m training.train` runs this at its end). Ranking is over ALL
-catalogue items (items without training interactions are scored through the unknown row
-plus their content) minus each user's train and validation items. The baselines of
-`training.baselines` are fitted on the same [all users, all catalogue items] train matrix.
+after `python -m training.train --mode eval --out artifacts/<name> ...`: training never
+evaluates, this is the caller's next step (a deploy-mode run is evaluated on its
+early-stopping holdout). Ranking is over ALL catalogue items (items without training
+interactions are scored through the unknown row plus their content) minus each user's
+train and validation items. The baselines of `training.baselines` are fitted on the same
+[all users, all catalogue items] train matrix.
 The fusion model is also reported after serving's long-tail re-ranking (`core.rerank`)
 at each tail weight of ``RERANK_WEIGHTS``, and once more with the user's validation
 interaction appended to the history it reads at test time (``FUSION_LATEST``: the same
 model and weights; DESIGN.md's protocol builds histories from train only, but a sequential
-model's published figures, and the server, feed the whole past).
+model's published figures, and the server, feed the whole past). Each history variant
+scores the catalogue once: the re-ranking rows re-rank those scores (``RerankSweep``, a
+hook of ``evaluate_scorer``), so the fusion model's ``eval_seconds`` includes them.
 Reported per model at K: HR, NDCG, MRR, TailHR, HeadHR, APLT, Coverage, Gini, ARP
 (`training.metrics.RankingAccumulator`); AUC and LogLoss on the test positives against
 `negatives` uniformly drawn unseen items each (models with a probability output);
@@ -27,24 +31,27 @@ cases whose target is a hidden item. Writes metrics.json, metrics.md and metrics
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
+import scipy.sparse as sp
 from scipy.special import expit
 
-from core import contract, rerank
+from core import rerank
 from core.files import write_bytes_atomic, write_json_atomic
 from training import dataset as ds
 from training.baselines import default_baselines
+from training.checkpoint import CheckpointError, load_run, run_data
 from training.config import TrainConfig
 from training.metrics import RankingAccumulator, ctr_metrics, set_metrics_at_k
-from training.train import pick_device, score_users
+from training.scoring import ProbaFn, Scorer, fusion_scorers
+from training.train import train
 
 log = logging.getLogger(__name__)
 FUSION = "FusionCTR"
@@ -52,24 +59,8 @@ FUSION = "FusionCTR"
 FUSION_LATEST = f"{FUSION} (history incl. valid)"
 # tail weights λ of serving's re-ranking rule evaluated offline (0 = the model alone)
 RERANK_WEIGHTS = (0.1, 0.2, 0.3, 0.5)
-Scorer = Callable[[np.ndarray], np.ndarray]
-
-
-def load_for_evaluation(run_dir: Path) -> tuple[torch.nn.Module, dict, ds.TrainingData]:
-    """The run's model (via the export loader's checks), payload and training data."""
-    from training.export import load_run
-
-    model, payload, _ = load_run(run_dir)
-    config = TrainConfig.from_dict(payload["config"])
-    data = ds.load_training_data(
-        Path(payload["data_dir"]),
-        Path(payload["features_dir"]),
-        config.mode,
-        config.history_len,
-        config.cold_items,
-        config.seed,
-    )
-    return model, payload, data
+# sees each chunk evaluate_scorer ranks: (users [u], targets [u], scores [u, n_catalogue])
+ChunkHook = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
 
 
 def ctr_pairs(data: ds.TrainingData, holdout: ds.Holdout, negatives: int, seed: int):
@@ -92,9 +83,12 @@ def evaluate_scorer(
     data: ds.TrainingData,
     holdout: ds.Holdout,
     config: TrainConfig,
-    proba: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
+    proba: ProbaFn | None,
+    hooks: Sequence[ChunkHook] = (),
 ) -> dict[str, float]:
-    """All protocol metrics of one scorer on one holdout."""
+    """All protocol metrics of one scorer on one holdout. Each ``hook`` sees every chunk's
+    (users, targets, scores) too, so more metrics of the same scores (``RerankSweep``)
+    need no second scoring pass over the catalogue."""
     k, chunk = config.k, config.eval_batch_users
     acc = RankingAccumulator(data.train_counts, data.is_tail, k=k)
     pair_items, pair_labels = ctr_pairs(data, holdout, config.negatives, config.seed)
@@ -104,10 +98,11 @@ def evaluate_scorer(
         rows = np.arange(start, min(start + chunk, len(holdout.users)))
         users, targets = holdout.users[rows], holdout.items[rows]
         scores = np.asarray(score(users), dtype=np.float32)
-        acc.add(scores, targets, holdout.exclude[users])
         cold = data.hidden_items[targets]
         cold_cases += int(cold.sum())
-        cold_hits += int((_ranks(scores, targets, holdout.exclude[users]) < k)[cold].sum())
+        cold_hits += add_counting_cold(acc, scores, targets, holdout.exclude[users], cold)
+        for hook in hooks:
+            hook(users, targets, scores)
         if proba is not None:
             probs.append(proba(np.repeat(users, pair_items.shape[1]), pair_items[rows].ravel()))
         if data.test is not None and holdout is data.test:
@@ -129,13 +124,17 @@ def evaluate_scorer(
     return result
 
 
-def _ranks(scores: np.ndarray, targets: np.ndarray, exclude) -> np.ndarray:
-    """0-based rank of each target, ties against it (as in training.metrics)."""
-    rows = np.arange(len(targets))
-    valid = ~exclude.toarray().astype(bool)
-    valid[rows, targets] = True
-    s = np.where(np.isnan(scores), -np.inf, scores)
-    return (valid & (s >= s[rows, targets][:, None])).sum(axis=1) - 1
+def add_counting_cold(
+    acc: RankingAccumulator,
+    scores: np.ndarray,
+    targets: np.ndarray,
+    exclude: sp.spmatrix,
+    cold: np.ndarray,
+) -> int:
+    """Add a chunk to ``acc``; return how many of its ``cold`` (hidden-item) targets rank
+    in the top K, by the accumulator's own rank rule (``training.metrics.target_ranks``)."""
+    ranks = acc.add(scores, targets, exclude)
+    return int((ranks < acc.k)[cold].sum())
 
 
 def histories_with_validation(data: ds.TrainingData) -> np.ndarray:
@@ -149,28 +148,6 @@ def histories_with_validation(data: ds.TrainingData) -> np.ndarray:
     return hist
 
 
-def fusion_scorers(
-    model, data: ds.TrainingData, config: TrainConfig, histories: np.ndarray | None = None
-):
-    """Full-ranking scorer and pairwise probability function of the fusion model."""
-    device = pick_device(config.device)
-    model = model.to(device)
-
-    def score(users: np.ndarray) -> np.ndarray:
-        return score_users(model, data, users, device, histories)
-
-    @torch.no_grad()
-    def proba(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Pairs come as each user repeated M times with its M items (evaluate_scorer)."""
-        m = config.negatives + 1
-        user, cand = users[::m], items.reshape(-1, m)
-        side = ds.user_side(data, user, data.histories[user]) | ds.item_side(data, cand)
-        logits = model.score(**{k: v.to(device) for k, v in side.items()})
-        return expit(logits.float().cpu().numpy().ravel())
-
-    return score, proba
-
-
 def user_tail_appetite(data: ds.TrainingData, users: np.ndarray) -> np.ndarray:
     """[u, 1] P(tail | user) from each user's (train) history, as the server computes it."""
     hist = data.histories[users]
@@ -178,33 +155,40 @@ def user_tail_appetite(data: ds.TrainingData, users: np.ndarray) -> np.ndarray:
     return rerank.tail_appetite(data.is_tail[np.clip(hist, 0, data.n_catalogue - 1)], real)[:, None]
 
 
-def rerank_sweep(
-    score: Scorer, data: ds.TrainingData, holdout: ds.Holdout, config: TrainConfig, label: str
-) -> dict[str, dict]:
+class RerankSweep:
     """Ranking metrics of serving's long-tail re-ranking (core.rerank) applied to the
     fusion model's click probabilities over the full catalogue, one row per λ in
-    ``RERANK_WEIGHTS``: what the tail gains and what accuracy it costs."""
-    k = config.k
-    accs = {w: RankingAccumulator(data.train_counts, data.is_tail, k=k) for w in RERANK_WEIGHTS}
-    cold_hits = dict.fromkeys(RERANK_WEIGHTS, 0)
-    for start in range(0, len(holdout.users), config.eval_batch_users):
-        rows = np.arange(start, min(start + config.eval_batch_users, len(holdout.users)))
-        users, targets = holdout.users[rows], holdout.items[rows]
-        prob = expit(np.asarray(score(users), dtype=np.float64))
+    ``RERANK_WEIGHTS``: what the tail gains and what accuracy it costs. A hook of
+    ``evaluate_scorer``: it re-ranks the chunks that scorer's pass already scored."""
+
+    def __init__(self, data: ds.TrainingData, holdout: ds.Holdout, config: TrainConfig) -> None:
+        self.data, self.holdout, self.k = data, holdout, config.k
+        self.accs = {
+            w: RankingAccumulator(data.train_counts, data.is_tail, k=config.k)
+            for w in RERANK_WEIGHTS
+        }
+        self.cold_hits = dict.fromkeys(RERANK_WEIGHTS, 0)
+
+    def __call__(self, users: np.ndarray, targets: np.ndarray, scores: np.ndarray) -> None:
+        """Re-rank one chunk of logits at every λ."""
+        data = self.data
+        prob = expit(np.asarray(scores, dtype=np.float64))
         p_tail, cold = user_tail_appetite(data, users), data.hidden_items[targets]
-        for weight, acc in accs.items():
+        exclude = self.holdout.exclude[users]
+        for weight, acc in self.accs.items():
             reranked, _ = rerank.rerank_scores(prob, data.is_tail, weight, p_tail)
-            acc.add(reranked, targets, holdout.exclude[users])
-            if cold.any():  # only cold-item runs have hidden targets
-                ranks = _ranks(reranked, targets, holdout.exclude[users])
-                cold_hits[weight] += int((ranks < k)[cold].sum())
-    out = {}
-    n_cold = int(data.hidden_items[holdout.items].sum())
-    for weight, acc in accs.items():
-        out[f"{label}+rerank λ={weight:g}"] = result = acc.result()
-        if n_cold:
-            result[f"ColdHR@{k}"], result["n_cold_cases"] = cold_hits[weight] / n_cold, n_cold
-    return out
+            self.cold_hits[weight] += add_counting_cold(acc, reranked, targets, exclude, cold)
+
+    def results(self, label: str) -> dict[str, dict]:
+        """``{"<label>+rerank λ=<w>": metrics}`` over every chunk seen."""
+        out = {}
+        n_cold = int(self.data.hidden_items[self.holdout.items].sum())
+        for weight, acc in self.accs.items():
+            out[f"{label}+rerank λ={weight:g}"] = result = acc.result()
+            if n_cold:
+                result[f"ColdHR@{self.k}"] = self.cold_hits[weight] / n_cold
+                result["n_cold_cases"] = n_cold
+        return out
 
 
 def evaluate_models(model, data: ds.TrainingData, config: TrainConfig) -> dict[str, dict]:
@@ -213,13 +197,15 @@ def evaluate_models(model, data: ds.TrainingData, config: TrainConfig) -> dict[s
     results: dict[str, dict] = {}
     started = time.perf_counter()
     score, proba = fusion_scorers(model, data, config)
-    results[FUSION] = evaluate_scorer(score, data, holdout, config, proba)
+    sweep = RerankSweep(data, holdout, config)
+    results[FUSION] = evaluate_scorer(score, data, holdout, config, proba, hooks=[sweep])
     results[FUSION]["eval_seconds"] = round(time.perf_counter() - started, 2)
-    results.update(rerank_sweep(score, data, holdout, config, FUSION))
+    results.update(sweep.results(FUSION))
     if data.test is not None:  # eval mode: also score the test with the validation item known
         latest, _ = fusion_scorers(model, data, config, histories_with_validation(data))
-        results[FUSION_LATEST] = evaluate_scorer(latest, data, holdout, config, None)
-        results.update(rerank_sweep(latest, data, holdout, config, FUSION_LATEST))
+        sweep = RerankSweep(data, holdout, config)
+        results[FUSION_LATEST] = evaluate_scorer(latest, data, holdout, config, None, [sweep])
+        results.update(sweep.results(FUSION_LATEST))
     train, content = data.train_matrix(), data.content[:-1]
     for baseline in default_baselines(seed=config.seed):
         started = time.perf_counter()
@@ -299,10 +285,8 @@ def tail_plot(report: dict) -> bytes:
 
 def cold_item_run(run_dir: Path, payload: dict, fraction: float) -> dict:
     """Train a copy of the run with `fraction` of items hidden; evaluate it fully."""
-    from training.train import train
-
     config = TrainConfig.from_dict(payload["config"])
-    config.cold_items, config.run_evaluation, config.mode = fraction, False, "eval"
+    config = dataclasses.replace(config, cold_items=fraction, mode="eval")
     cold_dir = run_dir / f"cold-items-{fraction:g}"
     train(config, Path(payload["data_dir"]), Path(payload["features_dir"]), cold_dir)
     return evaluate_run(cold_dir)
@@ -310,7 +294,8 @@ def cold_item_run(run_dir: Path, payload: dict, fraction: float) -> dict:
 
 def evaluate_run(run_dir: Path, cold_items: float = 0.0) -> dict:
     """Evaluate a run (and optionally a cold-item copy); write and return the report."""
-    model, payload, data = load_for_evaluation(run_dir)
+    model, payload, _ = load_run(run_dir)
+    data = run_data(payload)
     config = TrainConfig.from_dict(payload["config"])
     holdout = data.test if data.test is not None else data.valid
     report = {
@@ -341,48 +326,6 @@ def evaluate_run(run_dir: Path, cold_items: float = 0.0) -> dict:
 _COLD_KEYS = ("ColdHR", "HR", "NDCG", "TailHR", "n_cold_cases")
 
 
-def quantization_report(run_dir: Path, fp32: Path, int8: Path, max_users: int = 2000) -> dict:
-    """Ranking metrics of the fp32 and int8 ONNX graphs on the run's holdout."""
-    import onnxruntime as ort
-
-    _, payload, data = load_for_evaluation(run_dir)
-    config = TrainConfig.from_dict(payload["config"])
-    holdout = data.test if data.test is not None else data.valid
-    out: dict = {"users": min(len(holdout.users), max_users)}
-    for label, path in (("fp32", fp32), ("int8", int8)):
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        acc = RankingAccumulator(data.train_counts, data.is_tail, k=config.k)
-        for start in range(0, out["users"], config.eval_batch_users):
-            rows = np.arange(start, min(start + config.eval_batch_users, out["users"]))
-            users = holdout.users[rows]
-            scores = np.vstack(
-                [_onnx_scores(session, data, users[i : i + 1]) for i in range(len(users))]
-            )
-            acc.add(scores, holdout.items[rows], holdout.exclude[users])
-        result = acc.result()
-        out[label] = {n: result[f"{n}@{config.k}"] for n in ("HR", "NDCG", "TailHR")}
-        out[f"{label}_bytes"] = path.stat().st_size
-    out["delta"] = {n: out["int8"][n] - out["fp32"][n] for n in out["fp32"]}
-    return out
-
-
-def _onnx_scores(session, data: ds.TrainingData, user: np.ndarray) -> np.ndarray:
-    """One ONNX Runtime run over the whole catalogue for one user, fed exactly as the
-    server feeds it (``core.contract.build_feed``)."""
-    hist = data.histories[int(user[0])]
-    hist = hist[hist != data.pad]
-    items = np.arange(data.n_catalogue)
-    feed = contract.build_feed(
-        user_idx=int(data.user_to_vocab[int(user[0])]),
-        hist_idx=data.item_to_vocab[hist],
-        hist_content=data.content[hist],
-        item_idx=data.item_to_vocab[items],
-        item_content=data.content[items],
-        item_count=data.train_counts,
-    )
-    return session.run(["logit"], feed)[0][None, :]
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="run dir with checkpoint.pt")
@@ -393,7 +336,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not 0.0 <= args.cold_items < 1.0:
         parser.error("--cold-items must be in [0, 1)")
-    report = evaluate_run(args.run, args.cold_items)
+    try:
+        report = evaluate_run(args.run, args.cold_items)
+    except CheckpointError as exc:
+        raise SystemExit(f"evaluation failed: {exc}") from None
     print(json.dumps({name: _brief(m, report["k"]) for name, m in report["models"].items()}))
 
 

@@ -17,7 +17,9 @@ Writes `model.onnx` and `manifest.json` into the run dir, beside training's `voc
   lengths {0 (one padding slot, mask 0), 1, 50}; a max abs difference over 1e-4 in
   `logit` or `prob` fails the export with a message and nothing is written.
 `--quantize int8` also writes `model.int8.onnx` (ONNX Runtime dynamic quantization), points
-the manifest at it and records its accuracy change against the fp32 graph.
+the manifest at it and records its accuracy change against the fp32 graph
+(`training.quantize`). The run is read by `training.checkpoint.load_run`; a run it cannot
+load fails the export (`ExportError`) with the loader's message.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ import torch
 
 from core import contract, schema
 from core.files import write_bytes_atomic, write_json_atomic
-from training.config import CHECKPOINT_FILE, TrainConfig
-from training.model import ExportWrapper, FusionCTR, build_model
+from training.checkpoint import CheckpointError, load_run
+from training.model import ExportWrapper, FusionCTR
+from training.quantize import quantization_report, quantize_int8
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,8 @@ PARITY_LENGTHS = (0, 1, 50)  # history lengths; 0 = one padding slot with mask 0
 
 
 class ExportError(RuntimeError):
-    """The run cannot be exported; the message says what to fix. Nothing was written."""
+    """The run cannot be exported; the message says what to fix. Nothing was written.
+    A run that cannot be loaded (``training.checkpoint.CheckpointError``) is one too."""
 
 
 def parity_cases(
@@ -80,53 +84,6 @@ def parity_cases(
                 user, hist, content[hist], items, content[items], counts[items]
             )
         yield f"{kind} inputs, N={n}, history length {length}", feeds
-
-
-def load_run(run_dir: Path) -> tuple[FusionCTR, dict, dict]:
-    """Model, checkpoint payload and vocabulary of a run, with errors that say what to fix."""
-    path = run_dir / CHECKPOINT_FILE
-    if not path.exists():
-        raise ExportError(f"{path} not found: train first with `python -m training.train`")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        # runs saved before an option existed were trained without it
-        before = {"recency": False, "seq_layers": 0, "catalogue_softmax": 0.0}
-        config = TrainConfig.from_dict({**before, **payload["config"]})
-        payload["config"] = config.to_dict()
-        state = payload["state_dict"]
-    except Exception as exc:  # any unpickling/zip error means the file is unusable
-        raise ExportError(
-            f"checkpoint {path} is corrupted or not a tailrank checkpoint ({exc}); "
-            "re-run `python -m training.train` to rebuild it"
-        ) from exc
-    vocab = load_vocab(run_dir, payload)
-    model = build_model(config, payload["n_users"], payload["n_items"])
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ExportError(f"checkpoint {path} does not match its config: {exc}") from exc
-    return model.eval(), payload, vocab
-
-
-def load_vocab(run_dir: Path, payload: dict) -> dict:
-    """vocab.json of the run, checked against the checkpoint's embedding sizes."""
-    path = run_dir / contract.VOCAB_FILE
-    if not path.exists():
-        raise ExportError(
-            f"vocabulary {path} is missing: the server cannot map ids without it; "
-            "re-run `python -m training.train` for this run"
-        )
-    try:
-        vocab = json.loads(path.read_text())
-        sizes = (len(vocab["users"]), len(vocab["items"]))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ExportError(f"vocabulary {path} is unreadable ({exc}): re-run training") from exc
-    if sizes != (payload["n_users"], payload["n_items"]):
-        raise ExportError(
-            f"vocabulary {path} has {sizes} users/items but the checkpoint was trained with "
-            f"{(payload['n_users'], payload['n_items'])}: they come from different runs"
-        )
-    return vocab
 
 
 def export_onnx(model: FusionCTR, path: Path) -> None:
@@ -239,7 +196,10 @@ def build_manifest(run_dir: Path, payload: dict, onnx_file: str, extra: dict) ->
 def export_run(run_dir: Path, quantize: str | None = None, features_dir: Path | None = None):
     """Export, check and write a run's ONNX model, vocab and manifest; returns the manifest."""
     started = time.perf_counter()
-    model, payload, vocab = load_run(run_dir)
+    try:
+        model, payload, vocab = load_run(run_dir)
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from exc
     content = real_content(payload, vocab, features_dir)
     extra: dict = {"encoder": encoder_info(payload, features_dir)}
     with tempfile.TemporaryDirectory(prefix="tailrank-export-") as tmp:
@@ -250,13 +210,9 @@ def export_run(run_dir: Path, quantize: str | None = None, features_dir: Path | 
         extra["parity_max_abs_diff"] = worst
         onnx_file = contract.ONNX_FILE
         if quantize == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
             int8 = Path(tmp) / contract.INT8_FILE
-            quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-            from training.evaluate import quantization_report
-
-            extra["quantization"] = quantization_report(run_dir, fp32, int8)
+            quantize_int8(fp32, int8)
+            extra["quantization"] = quantization_report(payload, fp32, int8)
             write_bytes_atomic(run_dir / contract.INT8_FILE, int8.read_bytes())
             onnx_file = contract.INT8_FILE
         write_bytes_atomic(run_dir / contract.ONNX_FILE, fp32.read_bytes())

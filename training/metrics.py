@@ -16,7 +16,9 @@ Rules, chosen so that no model gains from a degenerate score:
   non-excluded items whose score is greater than OR EQUAL to its own, so a constant scorer
   never hits. Top-K lists (APLT, Coverage, Gini, ARP) break ties the same way: items above
   the K-th score first, then tied non-target items by ascending item index, then targets.
-  A target is therefore in the list exactly when its rank is < K.
+  A target is therefore in the list exactly when its rank is < K. ``target_ranks`` is
+  the one implementation of this rule; ``RankingAccumulator.add`` returns its ranks so a
+  caller counts hits on a subset (evaluation's ColdHR) without ranking again.
 - **NaN scores count as -inf** (the worst possible score); how many there were is
   reported as ``n_nan_scores`` and logged.
 - **A target inside its own exclusion mask is not masked** (the data has a repeat
@@ -67,6 +69,16 @@ def _as_valid(scores: np.ndarray, exclude: sp.spmatrix, n_items: int) -> tuple:
     return s, valid, n_nan
 
 
+def target_ranks(s: np.ndarray, valid: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """0-based rank of each row's target: how many other valid items score greater than
+    or equal to it (ties against the target). ``s`` and ``valid`` come from ``_as_valid``
+    (NaN already -inf, excluded items invalid); each target is made valid in place (a
+    repeat interaction stays rankable), as the top-K lists built from ``valid`` need."""
+    rows = np.arange(s.shape[0])
+    valid[rows, targets] = True
+    return (valid & (s >= s[rows, targets][:, None])).sum(axis=1) - 1
+
+
 def top_k_mask(s: np.ndarray, valid: np.ndarray, k: int, against: np.ndarray) -> np.ndarray:
     """Boolean [u, I] mask of each row's top-k valid items.
 
@@ -111,8 +123,12 @@ class RankingAccumulator:
             ("users", "tail", "head", "lists", "nan", "target_excluded"), 0
         )
 
-    def add(self, scores: np.ndarray, targets: np.ndarray, exclude: sp.spmatrix) -> None:
-        """Add one chunk: scores [u, I], target item column per user [u], exclude [u, I]."""
+    def add(self, scores: np.ndarray, targets: np.ndarray, exclude: sp.spmatrix) -> np.ndarray:
+        """Add one chunk: scores [u, I], target item column per user [u], exclude [u, I].
+
+        Returns each target's 0-based rank under the module's rules (``target_ranks``), so
+        a caller can count hits on a subset of cases (evaluation's ColdHR) by the same rule.
+        """
         targets = np.asarray(targets, dtype=np.int64).reshape(-1)
         s, valid, n_nan = _as_valid(scores, exclude, self.n_items)
         if targets.shape[0] != s.shape[0]:
@@ -121,9 +137,7 @@ class RankingAccumulator:
             raise ValueError(f"targets must be item columns in [0, {self.n_items})")
         rows = np.arange(s.shape[0])
         n_target_excluded = int((~valid[rows, targets]).sum())
-        valid[rows, targets] = True  # a repeat interaction: the target stays rankable
-        target_score = s[rows, targets]
-        rank = (valid & (s >= target_score[:, None])).sum(axis=1) - 1
+        rank = target_ranks(s, valid, targets)
         hit = rank < self.k
         tail = self.is_tail[targets]
         against = np.zeros(s.shape, dtype=bool)
@@ -140,6 +154,7 @@ class RankingAccumulator:
                 n_nan,
                 n_target_excluded,
             )
+        return rank
 
     def _accumulate(
         self, hit: np.ndarray, rank: np.ndarray, tail: np.ndarray, lists: np.ndarray

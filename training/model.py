@@ -325,5 +325,4 @@ def build_model(
     config: TrainConfig, n_users: int, n_items: int, item_counts: Tensor | None = None
 ) -> FusionCTR:
     """Create a FusionCTR for vocabularies of n_users users and n_items items."""
-    config.validate()
     return FusionCTR(config, n_users, n_items, item_counts)

@@ -46,12 +46,18 @@ then also learns from stale histories, as when the feature store lags behind);
 
 Seeded; tqdm progress; TensorBoard logs under <out>/tensorboard; CPU by default, CUDA when
 present. Writes <out>/checkpoint.pt (best epoch), config.json, vocab.json and
-train_summary.json; an eval-mode run then runs `training.evaluate` on the test split.
+train_summary.json (`training.checkpoint`). Training never evaluates: evaluation on the
+test split is the caller's next step::
+
+    python -m training.train --data data/ml --features data/ml/features_eval \\
+        --mode eval --out artifacts/ml-eval
+    python -m training.evaluate --run artifacts/ml-eval
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import random
 import time
@@ -62,12 +68,13 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from core import contract, schema
-from core.files import write_atomic, write_json_atomic
+from core import schema
+from core.files import write_json_atomic
 from training import dataset as ds
-from training.config import CHECKPOINT_FILE, TrainConfig, add_config_arguments, config_from_args
-from training.metrics import RankingAccumulator
+from training.checkpoint import save_checkpoint, save_config
+from training.config import TrainConfig, add_config_arguments, config_from_args
 from training.model import MASK_VALUE, FusionCTR, UserSide, build_model
+from training.scoring import pick_device, ranking_metrics
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "train_summary.json"
@@ -77,12 +84,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def sampling_distribution(data: ds.TrainingData, config: TrainConfig) -> np.ndarray:
@@ -240,37 +241,6 @@ def train_epoch(
     return total / max(steps, 1)
 
 
-@torch.no_grad()
-def score_users(
-    model: FusionCTR,
-    data: ds.TrainingData,
-    users: np.ndarray,
-    device: torch.device,
-    histories: np.ndarray | None = None,
-) -> np.ndarray:
-    """Full-ranking scores [len(users), n_catalogue] (logits) of every catalogue item, with
-    the users' training histories or ``histories`` ([n_users, L]) instead."""
-    model.eval()
-    items = np.arange(data.n_catalogue)[None, :]
-    cand = {k: v.to(device) for k, v in ds.item_side(data, items).items()}
-    hist = data.histories if histories is None else histories
-    user = ds.user_side(data, users, hist[users])
-    user = {k: v.to(device) for k, v in user.items()}
-    return model.score(**user, **cand).float().cpu().numpy()
-
-
-def ranking_metrics(
-    model: FusionCTR, data: ds.TrainingData, holdout: ds.Holdout, config: TrainConfig, device
-) -> dict[str, float]:
-    """Full-ranking metrics of the model on one holdout (RankingAccumulator)."""
-    acc = RankingAccumulator(data.train_counts, data.is_tail, k=config.k)
-    for start in range(0, len(holdout.users), config.eval_batch_users):
-        users = holdout.users[start : start + config.eval_batch_users]
-        scores = score_users(model, data, users, device)
-        acc.add(scores, holdout.items[start : start + len(users)], holdout.exclude[users])
-    return acc.result()
-
-
 def valid_subset(holdout: ds.Holdout, config: TrainConfig) -> ds.Holdout:
     """A seeded subset of `valid_users` cases for early stopping (all when 0)."""
     if not config.valid_users or config.valid_users >= len(holdout.users):
@@ -280,27 +250,8 @@ def valid_subset(holdout: ds.Holdout, config: TrainConfig) -> ds.Holdout:
     return ds.Holdout(users=holdout.users[rows], items=holdout.items[rows], exclude=holdout.exclude)
 
 
-def save_checkpoint(
-    run_dir: Path, model: FusionCTR, data: ds.TrainingData, config: TrainConfig, extra: dict
-) -> None:
-    """checkpoint.pt (state, sizes, vocab) written atomically, plus vocab.json."""
-    payload = {
-        "format_version": 1,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "config": config.to_dict(),
-        "n_users": len(data.user_vocab),
-        "n_items": len(data.item_vocab),
-        **extra,
-    }
-    write_atomic(run_dir / CHECKPOINT_FILE, lambda tmp: torch.save(payload, tmp))
-    write_json_atomic(
-        run_dir / contract.VOCAB_FILE, {"users": data.user_vocab, "items": data.item_vocab}
-    )
-
-
 def train(config: TrainConfig, data_dir: Path, features_dir: Path, out: Path) -> dict:
     """Seed, data, model, loop with early stopping, save; returns the training summary."""
-    config.validate()
     seed_everything(config.seed)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -308,18 +259,19 @@ def train(config: TrainConfig, data_dir: Path, features_dir: Path, out: Path) ->
     data = ds.load_training_data(
         data_dir, features_dir, config.mode, config.history_len, config.cold_items, config.seed
     )
-    config.content_dim = int(data.content.shape[1])
+    config = dataclasses.replace(config, content_dim=int(data.content.shape[1]))
     device = pick_device(config.device)
     counts = torch.from_numpy(data.vocab_counts())
     model = build_model(config, len(data.user_vocab), len(data.item_vocab), counts).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch(data, config))
     out.mkdir(parents=True, exist_ok=True)
-    config.save(out)
+    save_config(out, config)
     from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
 
     writer = SummaryWriter(str(out / "tensorboard"))
     meta = {"data_dir": str(data_dir), "features_dir": str(features_dir)}
+    vocab = {"users": data.user_vocab, "items": data.item_vocab}
     head = data.train_counts[~data.is_tail]
     head_tail = {
         "head_share": schema.HEAD_SHARE,
@@ -340,7 +292,7 @@ def train(config: TrainConfig, data_dir: Path, features_dir: Path, out: Path) ->
         if ndcg > best:
             best, best_epoch = ndcg, epoch
             extra = {**meta, "epoch": epoch, "valid_metrics": valid, "head_tail": head_tail}
-            save_checkpoint(out, model, data, config, extra)
+            save_checkpoint(out, model, config, vocab, extra)
         elif epoch - best_epoch >= config.patience * config.eval_every:
             log.info("early stop at epoch %d (best %d)", epoch, best_epoch)
             break
@@ -366,10 +318,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = config_from_args(args)
     summary = train(config, args.data, args.features, args.out)
-    if config.mode == "eval" and config.run_evaluation:
-        from training.evaluate import evaluate_run
-
-        evaluate_run(args.out)
     print(f"trained {args.out}: best epoch {summary['best_epoch']}, {summary}")
 
 
