@@ -108,7 +108,7 @@ def build_synthetic(tmp: Path, n_items: int, n_users: int) -> tuple[Path, Path]:
     """A materialized Feast repo (copy of feature_repo/) and a model dir under ``tmp``."""
     import shutil
 
-    from training.features import materialize_repo
+    from training.feast_repo import materialize_repo
 
     repo, model = tmp / "feature_repo", tmp / "model"
     (repo / "data").mkdir(parents=True)
@@ -116,7 +116,7 @@ def build_synthetic(tmp: Path, n_items: int, n_users: int) -> tuple[Path, Path]:
     for file in [*(ROOT / "feature_repo").glob("*.py"), ROOT / "feature_repo/feature_store.yaml"]:
         shutil.copy2(file, repo / file.name)
     synthetic_features(repo / "data", n_items, n_users, hist=50)
-    materialize_repo(repo, fs_yaml=repo / "feature_store.yaml")
+    materialize_repo(repo, repo / "feature_store.yaml", repo / "data")
     items = [f"i{k}" for k in range(n_items)]
     synthetic_model(model, items, [f"u{k}" for k in range(n_users)])
     return repo, model
