@@ -6,7 +6,8 @@ coverage, CTR overall / head / tail, and CTR by position; printed as a table, an
 ``--out DIR`` also written as CSV plus two PNG plots (exposure Lorenz curve, CTR by
 position).
 
-    python -m serving.report --url sqlite:///data/events.db --features feature_repo/data
+    python -m serving.report --url sqlite:///data/events.db \\
+        --features feature_repo/data/movielens-100k
     python -m serving.report --url postgresql+psycopg://postgres@127.0.0.1/test \\
         --since 2026-11-01 --until 2026-11-08 --catalogue-size 1682 --out reports/week45
 

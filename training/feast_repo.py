@@ -1,6 +1,6 @@
 """Apply tailrank's Feast repository and materialize it, the one way: the ``feast`` CLI.
 
-    python -m training.feast_repo --repo feature_repo --features feature_repo/data/movielens-100k \
+    python -m training.feast_repo --repo feature_repo --features feature_repo/data/movielens-100k \\
         [--template feature_repo/feature_store.postgres.yaml] [--name movielens-100k]
 
 With ``--features`` (what ``make materialize`` runs) the data set gets a Feast
