@@ -2,12 +2,16 @@
 #   make serve   fresh clone -> venv, data, features, Feast, model, gRPC server on :50051
 #   make test    the full test suite (what CI runs)
 # Bring your own data: make serve DATA=path/to/folder  (see README "Your own data").
+# Every data set has its own tables (data/<name>), features, Feast config, registry and
+# online store (feature_repo/data/<name>) and model (artifacts/<name>): switching DATA
+# rebuilds nothing of another data set, and switching back rebuilds nothing at all.
+# The online store: STORE=sqlite (default, a file per data set) or STORE=postgres
+# (feature_repo/feature_store.postgres.yaml, TAILRANK_PG_* in the environment).
 
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-FEAST := $(VENV)/bin/feast
 STAMP := $(VENV)/.installed
 
 DATASET ?= movielens-100k
@@ -20,12 +24,27 @@ NAME := $(DATASET)
 SOURCE_ARGS := --dataset $(DATASET)
 endif
 DATA_DIR := data/$(NAME)
-FEATURES := feature_repo/data
+FEATURES := feature_repo/data/$(NAME)
 RUN_DIR := artifacts/$(NAME)
+# evaluation protocol (DESIGN.md): features from the train split only, never the served ones
+EVAL_FEATURES := $(DATA_DIR)/features_eval
+EVAL_RUN := artifacts/$(NAME)-eval
+
+STORE ?= sqlite
+STORE_TEMPLATE := feature_repo/feature_store$(if $(filter sqlite,$(STORE)),,.$(STORE)).yaml
+ifeq ($(wildcard $(STORE_TEMPLATE)),)
+$(error STORE=$(STORE): no $(STORE_TEMPLATE); use STORE=sqlite or STORE=postgres)
+endif
+# the data set's own Feast config (written from the template by training.feast_repo)
+FS_YAML := $(FEATURES)/$(notdir $(STORE_TEMPLATE))
+MATERIALIZED := $(FEATURES)/.materialized-$(STORE)
+MATERIALIZE := $(PY) -m training.feast_repo --repo feature_repo --features $(FEATURES) \
+	--template $(STORE_TEMPLATE) --name $(NAME)
 PORT ?= 50051
 METRICS_PORT ?= 9100
 
-.PHONY: install install-gpu data features materialize model serve test lint protos bench clean help
+.PHONY: install install-gpu data features materialize materialize-store model evaluate serve \
+	test lint protos bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -54,12 +73,17 @@ features: $(FEATURES)/item_features.parquet  ## content vectors, item stats, use
 $(FEATURES)/item_features.parquet: $(DATA_DIR)/interactions.parquet
 	$(PY) -m training.features --data $(DATA_DIR) --out $(FEATURES)
 
-materialize: $(FEATURES)/.materialized  ## feast apply + feast materialize into the online store
+materialize: $(MATERIALIZED)  ## feast apply + feast materialize into the data set's online store
 
-$(FEATURES)/.materialized: $(FEATURES)/item_features.parquet $(wildcard feature_repo/*.py) feature_repo/feature_store.yaml
-	cd feature_repo && ../$(FEAST) apply
-	cd feature_repo && ../$(FEAST) materialize 1970-01-01T00:00:00 $$(date -u +%Y-%m-%dT%H:%M:%S)
+$(MATERIALIZED): $(FEATURES)/item_features.parquet $(wildcard feature_repo/*.py) $(STORE_TEMPLATE)
+	$(MATERIALIZE)
 	touch $@
+
+# Another online store for features that are built already (make materialize-store
+# STORE=postgres): apply + materialize again, whatever the stamps say, and nothing else.
+materialize-store: | $(FEATURES)/item_features.parquet  ## re-apply + re-materialize only (STORE=...)
+	$(MATERIALIZE)
+	touch $(MATERIALIZED)
 
 model: $(RUN_DIR)/model.onnx  ## train the deployment model and export it to ONNX
 
@@ -69,8 +93,18 @@ $(RUN_DIR)/checkpoint.pt: $(DATA_DIR)/interactions.parquet $(FEATURES)/item_feat
 $(RUN_DIR)/model.onnx: $(RUN_DIR)/checkpoint.pt
 	$(PY) -m training.export --run $(RUN_DIR)
 
-serve: $(RUN_DIR)/model.onnx $(FEATURES)/.materialized  ## everything above, then the gRPC server
-	$(PY) -m serving --repo feature_repo --model $(RUN_DIR) --port $(PORT) --metrics-port $(METRICS_PORT)
+evaluate: $(EVAL_RUN)/checkpoint.pt  ## eval-mode model (train split) vs baselines, DESIGN.md protocol
+	$(PY) -m training.evaluate --run $(EVAL_RUN)
+
+$(EVAL_FEATURES)/item_features.parquet: $(DATA_DIR)/interactions.parquet
+	$(PY) -m training.features --data $(DATA_DIR) --out $(EVAL_FEATURES) --mode eval
+
+$(EVAL_RUN)/checkpoint.pt: $(DATA_DIR)/interactions.parquet $(EVAL_FEATURES)/item_features.parquet
+	$(PY) -m training.train --data $(DATA_DIR) --features $(EVAL_FEATURES) --mode eval --out $(EVAL_RUN)
+
+serve: $(RUN_DIR)/model.onnx $(MATERIALIZED)  ## everything above, then the gRPC server
+	$(PY) -m serving --repo feature_repo --fs-yaml $(FS_YAML) --model $(RUN_DIR) \
+	  --port $(PORT) --metrics-port $(METRICS_PORT)
 
 test: $(STAMP)  ## the full test suite (pytest exit 5, "no tests ran", fails too)
 	$(PY) protos/generate.py --check
@@ -85,9 +119,9 @@ lint: $(STAMP)  ## ruff check and format check, then the layer contracts (import
 protos: $(STAMP)  ## regenerate the checked-in gRPC stubs under serving/api
 	$(PY) protos/generate.py
 
-bench: $(RUN_DIR)/model.onnx $(FEATURES)/.materialized  ## every benchmark of docs/BENCHMARKS.md (tens of minutes)
+bench: $(RUN_DIR)/model.onnx $(MATERIALIZED)  ## every benchmark of docs/BENCHMARKS.md (tens of minutes)
 	$(PY) -m benchmarks.run
 
-clean:  ## remove built data, features and models (keeps .venv)
+clean:  ## remove built data, features and models of every data set (keeps .venv)
 	rm -rf data artifacts runs
-	find $(FEATURES) -mindepth 1 ! -name .gitkeep -delete
+	find feature_repo/data -mindepth 1 ! -name .gitkeep -delete

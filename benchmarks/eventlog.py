@@ -3,7 +3,8 @@
     python -m benchmarks.eventlog                       # SQLite and PostgreSQL
     python -m benchmarks.eventlog --rows 50000 --batch-sizes 100 500 2000 --repeats 5
     python -m benchmarks.eventlog --no-postgres
-    python -m benchmarks.eventlog --serving [--repo feature_repo --model artifacts/NAME]
+    python -m benchmarks.eventlog --serving [--repo feature_repo --model artifacts/NAME \\
+        --fs-yaml feature_repo/data/NAME/feature_store.yaml]
 
 For each backend and batch size, logs ``--rows`` impressions as responses of
 ``--top-k`` rows from one thread (as fast as it can) and times from the first
@@ -137,15 +138,17 @@ def bench_backend(name: str, url: str, args: argparse.Namespace) -> list[str]:
     return lines
 
 
-def start_server(repo: Path, model: Path, event_log_url: str | None, workers: int):
+def start_server(
+    repo: Path, fs_yaml: Path | None, model: Path, event_log_url: str | None, workers: int
+):
     """A real ranking server on a free loopback port: (server, servicer, target)."""
     from serving.__main__ import build_servicer
     from serving.config import ServerConfig
     from serving.server import create_server
 
     config = ServerConfig(
-        repo=repo, model=model, host="127.0.0.1", port=0, ort_threads=1, workers=workers,
-        event_log_url=event_log_url,
+        repo=repo, fs_yaml=fs_yaml, model=model, host="127.0.0.1", port=0, ort_threads=1,
+        workers=workers, event_log_url=event_log_url,
     )  # fmt: skip
     servicer = build_servicer(config)
     servicer.start()
@@ -197,18 +200,17 @@ def bench_serving(args: argparse.Namespace, repo: Path, model: Path, tmp: Path) 
     """Table lines: Rank throughput and server CPU with the event log off and on."""
     from multiprocessing import get_context
 
-    from benchmarks.serving import make_calls
+    from benchmarks.serving import features_dir, make_calls
 
-    calls = make_calls(model, repo, args.requests, args.candidates)
+    calls = make_calls(model, features_dir(repo, args.fs_yaml), args.requests, args.candidates)
     cpus = sorted(os.sched_getaffinity(0))
     pin = args.pin and len(cpus) >= 2
     if pin:  # before the servers start: their threads inherit this thread's CPU set
         os.sched_setaffinity(0, cpus[:1])
+    log_url = args.log_url or f"sqlite:///{tmp / 'events.db'}"
     servers = {
-        "off": start_server(repo, model, None, args.workers),
-        "on": start_server(
-            repo, model, args.log_url or f"sqlite:///{tmp / 'events.db'}", args.workers
-        ),
+        "off": start_server(repo, args.fs_yaml, model, None, args.workers),
+        "on": start_server(repo, args.fs_yaml, model, log_url, args.workers),
     }
     where = f"servers on CPU {cpus[0]}, client on {cpus[1:]}" if pin else "not pinned"
     lines = [
@@ -248,6 +250,7 @@ def serving_main(args: argparse.Namespace) -> list[str]:
         if repo is None or model is None:
             log.info("building a synthetic setup (%d items, %d users)", args.items, args.users)
             repo, model = build_synthetic(tmp / "setup", args.items, args.users)
+            args.fs_yaml = None
         header = f"Rank, {args.candidates} candidates, top_k 20, model {model.name}"
         return [header, *bench_serving(args, repo, model, tmp)]
 
@@ -264,6 +267,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s = p.add_argument_group("--serving: throughput with logging off vs on")
     s.add_argument("--serving", action="store_true", help="measure serving instead")
     s.add_argument("--repo", type=Path, help="materialized Feast repo (default: synthetic)")
+    s.add_argument("--fs-yaml", type=Path, help="the data set's Feast config (make's: "
+                   "feature_repo/data/<name>/feature_store.yaml)")  # fmt: skip
     s.add_argument("--model", type=Path, help="model run dir (default: synthetic)")
     s.add_argument("--items", type=int, default=1682, help="synthetic catalogue size")
     s.add_argument("--users", type=int, default=943, help="synthetic users")

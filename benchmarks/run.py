@@ -74,6 +74,8 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
             "--serving",
             "--repo",
             "feature_repo",
+            "--fs-yaml",
+            "feature_repo/data/movielens-100k/feature_store.yaml",
             "--model",
             "artifacts/movielens-100k",
             "--requests",

@@ -1,7 +1,8 @@
 """Serving benchmark: Rank latency and throughput, item cache vs the naive Feast path.
 
     python -m benchmarks.serving                  # MovieLens artifacts when built, else synthetic
-    python -m benchmarks.serving --repo feature_repo --model artifacts/movielens-100k
+    python -m benchmarks.serving --repo feature_repo --model artifacts/movielens-100k \\
+        --fs-yaml feature_repo/data/movielens-100k/feature_store.yaml
     python -m benchmarks.serving --synthetic --concurrency 1,4,16 --repeats 3
 
 Two real servers run in this process on loopback: the normal one (item features from the
@@ -46,6 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--repo", type=Path, help="materialized Feast repo (default: feature_repo)")
+    p.add_argument(
+        "--fs-yaml",
+        type=Path,
+        help="the data set's Feast config (default: make's, feature_repo/data/<model's "
+        "data set>/feature_store.yaml, when it exists)",
+    )
     p.add_argument("--model", type=Path, help="run dir with manifest.json + model.onnx")
     p.add_argument("--synthetic", action="store_true", help="build a synthetic setup in tmp")
     p.add_argument("--items", type=int, default=1682, help="synthetic catalogue size")
@@ -108,7 +115,7 @@ def build_synthetic(tmp: Path, n_items: int, n_users: int) -> tuple[Path, Path]:
     """A materialized Feast repo (copy of feature_repo/) and a model dir under ``tmp``."""
     import shutil
 
-    from training.features import materialize_repo
+    from training.feast_repo import materialize_repo
 
     repo, model = tmp / "feature_repo", tmp / "model"
     (repo / "data").mkdir(parents=True)
@@ -116,7 +123,7 @@ def build_synthetic(tmp: Path, n_items: int, n_users: int) -> tuple[Path, Path]:
     for file in [*(ROOT / "feature_repo").glob("*.py"), ROOT / "feature_repo/feature_store.yaml"]:
         shutil.copy2(file, repo / file.name)
     synthetic_features(repo / "data", n_items, n_users, hist=50)
-    materialize_repo(repo, fs_yaml=repo / "feature_store.yaml")
+    materialize_repo(repo, repo / "feature_store.yaml", repo / "data")
     items = [f"i{k}" for k in range(n_items)]
     synthetic_model(model, items, [f"u{k}" for k in range(n_users)])
     return repo, model
@@ -161,10 +168,16 @@ def drive(target: str, calls: list[tuple[str, list[str]]], concurrency: int) -> 
 
 
 # --- orchestration -----------------------------------------------------------------------
-def make_calls(model_dir: Path, repo: Path, n: int, n_cands: int, seed: int = 1) -> list:
+def features_dir(repo: Path, fs_yaml: Path | None) -> Path:
+    """The store's Parquet sources: beside a data set's own config (training.feast_repo
+    writes it into the data set's features folder), else the repo's data/."""
+    return fs_yaml.parent if fs_yaml is not None else repo / "data"
+
+
+def make_calls(model_dir: Path, features: Path, n: int, n_cands: int, seed: int = 1) -> list:
     """Rank calls for users with full histories and random vocab candidates."""
     vocab = json.loads((model_dir / "vocab.json").read_text())
-    users = pd.read_parquet(repo / "data" / schema.USER_FEATURES_FILE)
+    users = pd.read_parquet(features / schema.USER_FEATURES_FILE)
     users = users[users[schema.HISTORY].map(len) >= 50][schema.USER_ID].astype(str).tolist()
     users = users or [str(u) for u in vocab["users"]]
     rng = random.Random(seed)
@@ -175,8 +188,9 @@ def start(repo: Path, model: Path, cache: bool, args: argparse.Namespace):
     from serving.__main__ import build_servicer
 
     config = ServerConfig(
-        repo=repo, model=model, host="127.0.0.1", port=0, item_cache=cache,
-        ort_threads=args.ort_threads, workers=args.workers, event_log_url=None,
+        repo=repo, fs_yaml=args.fs_yaml, model=model, host="127.0.0.1", port=0,
+        item_cache=cache, ort_threads=args.ort_threads, workers=args.workers,
+        event_log_url=None,
     )  # fmt: skip
     servicer: RankingServicer = build_servicer(config)
     servicer.start()
@@ -235,7 +249,7 @@ def run(args: argparse.Namespace, repo: Path, model: Path) -> list[dict]:
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         for name, cache, n in paths:
             server, target, servicer = start(repo, model, cache, args)
-            calls = make_calls(model, repo, n, args.candidates)
+            calls = make_calls(model, features_dir(repo, args.fs_yaml), n, args.candidates)
             if cache:
                 rows.append({"path": "handler", "concurrency": 1, **handler_only(servicer, calls)})
             for level in levels:
@@ -254,10 +268,14 @@ def main(argv: list[str] | None = None) -> None:
         args.repo or ROOT / "feature_repo",
         args.model or ROOT / "artifacts/movielens-100k",
     )
+    made = ROOT / "feature_repo" / "data" / model.name / "feature_store.yaml"  # make's layout
+    if args.fs_yaml is None and args.repo is None and made.is_file():
+        args.fs_yaml = made
     with tempfile.TemporaryDirectory(prefix="tailrank-bench-") as tmp:
         if args.synthetic or not (model / "manifest.json").is_file():
             log.info("building a synthetic setup (%d items, %d users)", args.items, args.users)
             repo, model = build_synthetic(Path(tmp), args.items, args.users)
+            args.fs_yaml = None
         rows = run(args, repo, model)
         floor = model_only(model, args)
     table = pd.DataFrame(rows).set_index(["path", "concurrency"])

@@ -7,8 +7,6 @@ import logging
 import sys
 from collections.abc import Callable
 
-log = logging.getLogger(__name__)
-
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -33,21 +31,22 @@ def run_cli(
     body: Callable[[], object],
     bad_input: tuple[type[BaseException], ...],
     unavailable: tuple[type[BaseException], ...] = (),
+    service: str = "a store or service",
 ) -> int:
     """Run a CLI's work and turn its outcome into the exit code every tailrank CLI uses.
 
     0: done (a returned string is printed); 2: bad input or settings (``bad_input``: the
-    message says what to fix, no traceback, nothing written); 1: a store or service could
-    not be reached (``unavailable``).
+    message says what to fix, no traceback, nothing written); 1: ``service`` could not be
+    reached (``unavailable``). A failure is reported once, as one ``error:`` line on
+    stderr; ``service`` names what was unreachable (never with a password).
     """
     try:
         result = body()
     except bad_input as exc:
-        log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except unavailable as exc:
-        log.error("cannot reach a store or service: %s", exc)
+        print(f"error: cannot reach {service}: {exc}", file=sys.stderr)
         return 1
     if isinstance(result, str):
         print(result)

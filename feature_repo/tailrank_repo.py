@@ -2,11 +2,12 @@
 
 Definitions only: `feast apply` (run in this folder) imports every ``*.py`` here and
 registers what it finds. The Parquet sources are written by
-``python -m training.features --out feature_repo/data``; names and columns follow
-docs/ARCHITECTURE.md section 2 (kept literal here: Feast imports this file on its own,
-without tailrank on the path).
+``python -m training.features --out feature_repo/data/<data set>``; names and
+columns follow docs/ARCHITECTURE.md section 2 (kept literal here: Feast imports this file
+on its own, without tailrank on the path).
 """
 
+import os
 from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
@@ -27,15 +28,18 @@ item = Entity(
 )
 
 # --- sources: the Parquet files of the features step (paths relative to this folder) ---
+# Each data set has its own folder: `python -m training.feast_repo` (what `make materialize`
+# runs) sets TAILRANK_FEATURES_DIR to it, e.g. data/movielens-100k. Unset: data/.
+FEATURES_DIR = os.environ.get("TAILRANK_FEATURES_DIR", "data")
 user_source = FileSource(
     name="user_features_source",
-    path="data/user_features.parquet",
+    path=f"{FEATURES_DIR}/user_features.parquet",
     timestamp_field="event_timestamp",
     description="Per-user history and attributes, one row per user.",
 )
 item_source = FileSource(
     name="item_features_source",
-    path="data/item_features.parquet",
+    path=f"{FEATURES_DIR}/item_features.parquet",
     timestamp_field="event_timestamp",
     description="Per-item content vector and popularity statistics, one row per item.",
 )

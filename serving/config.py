@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.cli import parse_bool
 from serving.errors import ConfigError
 
 ENV_PREFIX = "TAILRANK_"
@@ -73,9 +74,7 @@ def _cast(field: dataclasses.Field, raw: str) -> object:
     kind = str(field.type)
     try:
         if kind == "bool":
-            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                raise ValueError(raw)
-            return raw.lower() in ("1", "true", "yes", "on")
+            return parse_bool(raw)
         if kind == "int":
             return int(raw)
         if kind == "float":
@@ -95,8 +94,12 @@ def from_env(env: Mapping[str, str] | None = None) -> dict[str, object]:
         raw = env.get(ENV_PREFIX + field.name.upper())
         if raw is not None:
             values[field.name] = _cast(field, raw)
-    if env.get(ENV_PREFIX + "NO_EVENT_LOG", "").lower() in ("1", "true", "yes", "on"):
-        values["event_log_url"] = None
+    no_log = env.get(ENV_PREFIX + "NO_EVENT_LOG", "").strip()
+    try:
+        if no_log and parse_bool(no_log):
+            values["event_log_url"] = None
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_PREFIX}NO_EVENT_LOG: {exc}") from None
     return values
 
 

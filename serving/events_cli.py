@@ -35,10 +35,18 @@ import sqlalchemy as sa
 from tqdm import tqdm
 
 from core import schema
+from core.cli import run_cli, setup_logging
 from serving.errors import ConfigError, InvalidArgument
 from serving.eventlog import FeedbackRow, feedback_params, feedback_row
 from serving.eventschema import create_tables, feedback, make_engine
-from serving.report import DEFAULT_ATTRIBUTION, Window, label_clicks, load_events, parse_time
+from serving.report import (
+    DEFAULT_ATTRIBUTION,
+    Window,
+    event_store_name,
+    label_clicks,
+    load_events,
+    parse_time,
+)
 
 log = logging.getLogger(__name__)
 
@@ -230,19 +238,13 @@ def run(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 2 on bad input (nothing stored), 1 when the store is unreachable."""
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    setup_logging(args.verbose)
+    return run_cli(
+        lambda: run(args),
+        bad_input=(ConfigError, InvalidArgument, OSError, ValueError),
+        unavailable=(sa.exc.SQLAlchemyError,),
+        service=event_store_name(args.url),
     )
-    try:
-        print(run(args))
-    except (ConfigError, InvalidArgument, OSError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
-    except sa.exc.SQLAlchemyError as exc:
-        log.error("event store %s: %s", args.url, exc)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -61,12 +61,14 @@ class FeatureClient:
         fs_yaml: Path | None = None,
     ) -> None:
         env_yaml = os.environ.get("FEAST_FS_YAML_FILE_PATH")  # what the feast CLI reads
-        yaml = Path(fs_yaml or env_yaml or Path(repo) / "feature_store.yaml")
-        if not yaml.is_file():
-            raise ConfigError(f"{yaml} not found: pass --repo <Feast repo dir> or --fs-yaml")
-        from feast import FeatureStore  # heavy import, only once the config is known good
-
-        self.store = FeatureStore(repo_path=str(repo), fs_yaml_file=yaml)
+        self.repo = Path(repo)
+        self.fs_yaml = Path(fs_yaml or env_yaml or self.repo / "feature_store.yaml")
+        if not self.fs_yaml.is_file():
+            raise ConfigError(
+                f"{self.fs_yaml} not found: pass --repo <Feast repo dir> and --fs-yaml "
+                "<the data set's feature_store.yaml> (make serve prints both)"
+            )
+        self.store = self._open_store()
         self.content_dim = content_dim
         refs = manifest_refs or {}
         self.user_refs = _refs(schema.USER_VIEW, contract.SERVING_USER_FIELDS, refs.get("user", []))
@@ -74,14 +76,22 @@ class FeatureClient:
             self.store.get_feature_view(schema.ITEM_VIEW)
         except Exception as exc:  # registry missing or view not applied
             raise ConfigError(
-                f"feature view {schema.ITEM_VIEW!r} not found in the registry of {repo} "
-                f"({type(exc).__name__}): run `feast apply` and `feast materialize` there"
+                f"feature view {schema.ITEM_VIEW!r} not found in the registry {self.fs_yaml} "
+                f"names ({type(exc).__name__}): apply and materialize the data set first "
+                "(`make materialize`, i.e. `python -m training.feast_repo`)"
             ) from exc
         self.item_refs = _refs(schema.ITEM_VIEW, contract.SERVING_ITEM_FIELDS, refs.get("item", []))
         self.sqlite_path = self._sqlite_file()
         self._inode: int | None = None
         self._table = _empty_table(content_dim)
         self._lock = threading.Lock()  # one refresh at a time
+        self._reopen_lock = threading.Lock()  # one reconnect at a time
+
+    def _open_store(self):  # -> feast.FeatureStore
+        """A new FeatureStore: its own registry cache and its own online store connection."""
+        from feast import FeatureStore  # heavy import, only once the config is known good
+
+        return FeatureStore(repo_path=str(self.repo), fs_yaml_file=self.fs_yaml)
 
     def _sqlite_file(self) -> Path | None:
         """The SQLite online store file, or None for other stores (Postgres, Redis...)."""
@@ -102,7 +112,13 @@ class FeatureClient:
             raise Unavailable(f"feature store unavailable ({type(exc).__name__}); retry") from exc
 
     def _check_sqlite(self, path: Path) -> None:
-        """Fail fast on a missing file; reconnect when the file was replaced (new inode)."""
+        """Fail fast on a missing file; reconnect when the file was replaced (new inode).
+
+        A SQLite connection keeps reading the file it opened, even once another file has
+        been renamed over it (a fresh `feast materialize` elsewhere, then `mv`). Feast has
+        no public call to drop its connection, so a new FeatureStore (new provider, new
+        connection) replaces the old one; requests in flight finish on the old one.
+        """
         try:
             inode = path.stat().st_ino
         except OSError:
@@ -111,12 +127,14 @@ class FeatureClient:
                 f"online store file {path} is missing: run `feast materialize` in the "
                 "feature repo (or restore the file); retry afterwards"
             ) from None
-        if self._inode not in (None, inode):
-            online = self.store._get_provider().online_store  # Feast keeps one connection
-            if hasattr(online, "_conn"):
-                online._conn = None  # the old one reads the replaced file; drop it
-            log.info("event=online_store_replaced path=%s (reconnecting)", path)
-        self._inode = inode
+        if self._inode in (None, inode):
+            self._inode = inode
+            return
+        with self._reopen_lock:
+            if self._inode != inode:  # another thread may have reconnected meanwhile
+                self.store = self._open_store()
+                self._inode = inode
+                log.info("event=online_store_replaced path=%s (reconnected)", path)
 
     def user_history(self, user_id: str) -> list[str] | None:
         """The user's history (oldest first), or None when Feast does not know the user."""

@@ -6,7 +6,8 @@ coverage, CTR overall / head / tail, and CTR by position; printed as a table, an
 ``--out DIR`` also written as CSV plus two PNG plots (exposure Lorenz curve, CTR by
 position).
 
-    python -m serving.report --url sqlite:///data/events.db --features feature_repo/data
+    python -m serving.report --url sqlite:///data/events.db \\
+        --features feature_repo/data/movielens-100k
     python -m serving.report --url postgresql+psycopg://postgres@127.0.0.1/test \\
         --since 2026-11-01 --until 2026-11-08 --catalogue-size 1682 --out reports/week45
 
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from core.cli import run_cli, setup_logging
 from core.schema import gini
 from serving.errors import ConfigError
 from serving.eventschema import feedback, impressions, make_engine
@@ -217,22 +219,24 @@ def run(args: argparse.Namespace) -> str:
     return summary.to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
+def event_store_name(url: str) -> str:
+    """How error messages name the event store: its URL with any password hidden."""
+    try:
+        return "the event store " + sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "the event store"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; exit 2 with a message on bad input, 1 when the store is unreachable."""
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    setup_logging(args.verbose)
+    return run_cli(
+        lambda: run(args),
+        bad_input=(ConfigError,),
+        unavailable=(sa.exc.SQLAlchemyError,),
+        service=event_store_name(args.url),
     )
-    try:
-        print(run(args))
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    except sa.exc.SQLAlchemyError as exc:
-        log.error("cannot read the event store %s: %s", args.url, exc)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

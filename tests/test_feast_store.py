@@ -2,12 +2,15 @@
 
 Once on the default SQLite store (``tiny_feature_repo``) and once on the real PostgreSQL
 at 127.0.0.1:5432 (online store + SQL registry, a fresh database per session), selected
-by configuration alone. Also: an unreachable PostgreSQL is a clear error, nothing written.
+by configuration alone. Also: an unreachable PostgreSQL is a clear error, nothing written;
+each data set gets its own store (``training.feast_repo``, what ``make materialize``
+runs); the server's client re-reads a SQLite file replaced under it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -18,8 +21,9 @@ import sqlalchemy as sa
 from feast import FeatureStore
 
 from core import schema
+from serving.features import FeatureClient
 from tests.fixtures.features import POSTGRES_YAML, copy_feature_repo
-from training import features
+from training import feast_repo, features
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +110,7 @@ def test_postgres_round_trip(
     """Environment variables alone switch to PostgreSQL: online store and SQL registry."""
     repo = copy_feature_repo(tmp_path / "repo", tiny_features_dir)
     _pg_env(monkeypatch, repo, postgres_database, int(postgres_database["port"]))
-    features.materialize_repo(repo)
+    feast_repo.materialize_repo(repo)
     store = FeatureStore(repo_path=str(repo))
     assert store.config.online_store.type == "postgres"
     assert_online_equals_offline(store, repo / "data")
@@ -131,8 +135,8 @@ def test_unreachable_postgres_is_a_clear_error(
     before = sorted(p.name for p in (repo / "data").iterdir())
     nowhere = {"host": "127.0.0.1", "database": "test", "user": "postgres"}
     _pg_env(monkeypatch, repo, nowhere, 1)
-    with pytest.raises(features.FeatureStoreUnavailableError, match=r"127\.0\.0\.1:1/"):
-        features.materialize_repo(repo)
+    with pytest.raises(feast_repo.FeatureStoreUnavailableError, match=r"127\.0\.0\.1:1/"):
+        feast_repo.materialize_repo(repo)
     assert sorted(p.name for p in (repo / "data").iterdir()) == before
 
 
@@ -142,8 +146,8 @@ def test_unset_postgres_variables_are_named(tiny_features_dir: Path, tmp_path: P
     for name in ("TAILRANK_PG_HOST", "TAILRANK_PG_PORT", "TAILRANK_PG_DB", "TAILRANK_PG_USER",
                  "TAILRANK_PG_PASSWORD"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
-    with pytest.raises(features.FeaturesError, match="TAILRANK_PG_HOST"):
-        features.materialize_repo(repo, fs_yaml=repo / POSTGRES_YAML)
+    with pytest.raises(feast_repo.StoreConfigError, match="TAILRANK_PG_HOST"):
+        feast_repo.materialize_repo(repo, fs_yaml=repo / POSTGRES_YAML)
 
 
 def test_no_text_item_and_no_history_user_round_trip(
@@ -163,7 +167,7 @@ def test_no_text_item_and_no_history_user_round_trip(
     # tiny_features_dir filled the cache: only the blank item is new, and blanks aren't encoded
     summary = features.build_features(data, repo / "data", cache_dir=embedding_cache_dir)
     assert summary["items_without_text"] == 1 and summary["texts_encoded"] == 0
-    store = features.materialize_repo(repo, fs_yaml=repo / "feature_store.yaml")
+    store = feast_repo.materialize_repo(repo, repo / "feature_store.yaml", repo / "data")
     got = store.get_online_features(
         features=store.get_feature_service(schema.FEATURE_SERVICE),
         entity_rows=[{schema.USER_ID: "u_lonely", schema.ITEM_ID: "i_blank"}],
@@ -174,3 +178,114 @@ def test_no_text_item_and_no_history_user_round_trip(
     assert got[schema.HISTORY_LEN] == [0] and not got[schema.HISTORY][0]
     assert got[schema.FIRST_SEEN] == [None] or pd.isna(got[schema.FIRST_SEEN][0])
     assert assert_online_equals_offline(store, repo / "data") is None
+
+
+def _other_data_set(features_dir: Path, out: Path, extra_count: int) -> pd.DataFrame:
+    """Half the tiny items and users, every item count raised: a data set unlike the first."""
+    out.mkdir(parents=True)
+    items = pd.read_parquet(features_dir / schema.ITEM_FEATURES_FILE)
+    items = items.iloc[: len(items) // 2].copy()
+    items[schema.INTERACTION_COUNT] += extra_count
+    items.to_parquet(out / schema.ITEM_FEATURES_FILE, index=False)
+    users = pd.read_parquet(features_dir / schema.USER_FEATURES_FILE)
+    users.iloc[: len(users) // 2].to_parquet(out / schema.USER_FEATURES_FILE, index=False)
+    return items
+
+
+def test_each_data_set_gets_its_own_store(tiny_feature_repo: Path, tmp_path: Path) -> None:
+    """`make materialize DATA=b` beside an applied store: b's own config, registry, SQLite
+    file and sources; the other store is left as it was."""
+    repo = Path(shutil.copytree(tiny_feature_repo, tmp_path / "repo"))
+    first = FeatureStore(repo_path=str(repo))
+    before = {p.name: p.stat().st_mtime_ns for p in (repo / "data").iterdir() if p.is_file()}
+    b_dir = repo / "data" / "shop-b"
+    b_items = _other_data_set(repo / "data", b_dir, extra_count=1000)
+    fs_yaml = feast_repo.write_dataset_config(repo / "feature_store.yaml", repo, b_dir)
+    assert fs_yaml == b_dir / "feature_store.yaml"
+    store = feast_repo.materialize_repo(repo, fs_yaml, b_dir)
+    assert store.config.project == "tailrank_shop_b"
+    assert sorted(p.name for p in b_dir.iterdir()) == sorted(
+        [schema.ITEM_FEATURES_FILE, schema.USER_FEATURES_FILE, "feature_store.yaml",
+         "registry.db", "online_store.db"]
+    )  # fmt: skip
+    sources = {s.name: s.path for s in store.list_data_sources()}
+    assert sources["item_features_source"] == "data/shop-b/item_features.parquet"
+    assert_online_equals_offline(store, b_dir)
+    # the first data set's store: same files, untouched, still its own values
+    after = {p.name: p.stat().st_mtime_ns for p in (repo / "data").iterdir() if p.is_file()}
+    assert after == before
+    assert_online_equals_offline(first, repo / "data")
+    missing = store.get_online_features(
+        [f"{schema.ITEM_VIEW}:{schema.INTERACTION_COUNT}"],
+        [{schema.ITEM_ID: str(i)} for i in first_items_not_in(repo / "data", b_items)],
+    ).to_dict()
+    assert set(missing[schema.INTERACTION_COUNT]) == {None}
+
+
+def first_items_not_in(data_dir: Path, items: pd.DataFrame) -> list[str]:
+    ids = pd.read_parquet(data_dir / schema.ITEM_FEATURES_FILE)[schema.ITEM_ID]
+    return [i for i in ids if i not in set(items[schema.ITEM_ID])][:3]
+
+
+def test_dataset_config_keeps_variables_and_moves_local_files(tmp_path: Path) -> None:
+    """The PostgreSQL template: ${VAR}s stay (no password written), nothing local to move;
+    the SQLite template: registry and online store files move into the data set's folder."""
+    repo = copy_feature_repo(tmp_path / "repo")
+    folder = repo / "data" / "My Shop"
+    pg = feast_repo.write_dataset_config(repo / POSTGRES_YAML, repo, folder, name="My Shop")
+    text = pg.read_text()
+    assert '"${TAILRANK_PG_PASSWORD}"' in text and "project: tailrank_my_shop" in text
+    env = {"TAILRANK_PG_HOST": "h", "TAILRANK_PG_PORT": "5432", "TAILRANK_PG_DB": "d",
+           "TAILRANK_PG_USER": "u", "TAILRANK_PG_PASSWORD": ""}  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        config = feast_repo.repo_config(repo, pg)
+    assert config.online_store.password == "" and config.online_store.port == 5432
+    assert config.registry.path == "postgresql+psycopg://u:@h:5432/d"
+    lite = feast_repo.repo_config(
+        repo, feast_repo.write_dataset_config(repo / "feature_store.yaml", repo, folder)
+    )
+    assert lite.project == "tailrank_my_shop"
+    assert lite.registry.path == "data/My Shop/registry.db"
+    assert lite.online_store.path == "data/My Shop/online_store.db"
+
+
+@pytest.mark.postgres
+def test_postgres_data_set_has_its_own_project(
+    postgres_database: dict, tiny_features_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """`make materialize-store STORE=postgres`: the data set's project, tables and sources."""
+    repo = copy_feature_repo(tmp_path / "repo")
+    folder = repo / "data" / "shop"
+    shutil.copytree(tiny_features_dir, folder)
+    _pg_env(monkeypatch, repo, postgres_database, int(postgres_database["port"]))
+    monkeypatch.delenv("FEAST_FS_YAML_FILE_PATH")  # the generated config is passed as -f
+    fs_yaml = feast_repo.write_dataset_config(repo / POSTGRES_YAML, repo, folder)
+    store = feast_repo.materialize_repo(repo, fs_yaml, folder)
+    assert store.config.project == "tailrank_shop"
+    assert_online_equals_offline(store, folder)
+    engine = sa.create_engine(str(postgres_database["url"]))
+    try:
+        tables = set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert {f"tailrank_shop_{schema.USER_VIEW}", f"tailrank_shop_{schema.ITEM_VIEW}"} <= tables
+    assert not (folder / "registry.db").exists() and not (folder / "online_store.db").exists()
+
+
+def test_client_rereads_a_replaced_sqlite_file(tiny_feature_repo: Path, tmp_path: Path) -> None:
+    """A new online_store.db renamed over the served one is read from the next request on
+    (the old connection would go on reading the replaced file)."""
+    repo = Path(shutil.copytree(tiny_feature_repo, tmp_path / "repo"))
+    items = pd.read_parquet(repo / "data" / schema.ITEM_FEATURES_FILE)
+    item, count = str(items[schema.ITEM_ID].iloc[0]), int(items[schema.INTERACTION_COUNT].iloc[0])
+    client = FeatureClient(repo, content_dim=384, fs_yaml=repo / "feature_store.yaml")
+    assert client.fetch_items([item]).count.tolist() == [count]
+    other = Path(shutil.copytree(repo, tmp_path / "other"))
+    row = items.iloc[[0]].copy()
+    row[schema.INTERACTION_COUNT] = count + 1000
+    FeatureStore(repo_path=str(other)).write_to_online_store(schema.ITEM_VIEW, row)
+    os.replace(other / "data" / "online_store.db", repo / "data" / "online_store.db")
+    assert client.fetch_items([item]).count.tolist() == [count + 1000]
+    assert client.user_history("no-such-user") is None  # every read goes to the new file

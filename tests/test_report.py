@@ -122,6 +122,17 @@ def test_report_cli_writes_table_csv_and_plots(filled_url: str, tmp_path: Path, 
     assert report.main(["--url", f"sqlite:///{missing}"]) == 2 and not missing.parent.exists()
 
 
+def test_unreachable_store_exits_1_naming_it_without_the_password(capsys) -> None:
+    """Port 1 refuses at once: exit 1, one error line with host:port, password hidden."""
+    url = "postgresql+psycopg://u:s3cret@127.0.0.1:1/events"
+    assert report.main(["--url", url]) == 1
+    assert events_cli.main(["create", "--url", url]) == 1
+    err = capsys.readouterr().err
+    named = "error: cannot reach the event store postgresql+psycopg://u:***@127.0.0.1:1/"
+    assert err.count(named) == 2
+    assert "s3cret" not in err
+
+
 def test_lorenz_curve_ends() -> None:
     from serving.report_plots import lorenz_curve
 

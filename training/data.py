@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from core import schema
+from core.cli import run_cli, setup_logging
 from training import movielens, synthetic
 from training.tables import (
     DataValidationError,
@@ -241,21 +242,17 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code (2 on bad input, with no traceback)."""
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        summary = run(args)
-    except DataValidationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"wrote {args.out}: {summary['users']} users, {summary['items']} items, "
+    setup_logging(args.verbose)
+    return run_cli(lambda: summary_line(run(args), args.out), bad_input=(DataValidationError,))
+
+
+def summary_line(summary: dict[str, object], out: str) -> str:
+    """The one line a finished run prints."""
+    return (
+        f"wrote {out}: {summary['users']} users, {summary['items']} items, "
         f"{summary['events']} events ({summary['head_items']} head / "
         f"{summary['tail_items']} tail items)"
     )
-    return 0
 
 
 if __name__ == "__main__":

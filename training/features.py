@@ -8,7 +8,10 @@ and ``user_features.parquet`` (docs/ARCHITECTURE.md section 2) plus a small
 event timestamp: the time of the latest interaction used, so ``feast materialize
 1970-01-01T00:00:00 <now>`` loads every row.
 
-    python -m training.features --data data/movielens-100k --out feature_repo/data
+    python -m training.features --data data/movielens-100k --out feature_repo/data/movielens-100k
+
+(``make features`` keeps one such folder per data set; ``python -m training.feast_repo``
+then applies and materializes it.)
 
 Training imports the pure functions ``item_text``, ``item_statistics``,
 ``user_histories`` and ``embed_texts`` so serving and training compute each feature once.
@@ -18,12 +21,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import logging
-import os
-import re
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core import schema
+from core.cli import LOG_FORMAT, run_cli
 from core.contract import DEFAULT_HISTORY_LEN
 from core.files import write_many_atomic
 from training.encoder import (
@@ -45,12 +45,10 @@ from training.encoder import (
 from training.tables import sort_interactions
 
 __all__ = [
-    "FeatureStoreUnavailableError",
     "FeaturesError",
     "embed_texts",
     "item_statistics",
     "item_text",
-    "materialize_repo",
     "user_histories",
 ]
 
@@ -361,84 +359,6 @@ def build_features(
     return summary
 
 
-# --- Feast: apply the repo's definitions and materialize every row -------------------
-class FeatureStoreUnavailableError(RuntimeError):
-    """The configured online store or registry cannot be reached; nothing was written."""
-
-
-def repo_config(repo: Path, fs_yaml: Path | None = None):  # -> feast RepoConfig
-    """Load the repo's config: ``fs_yaml``, else $FEAST_FS_YAML_FILE_PATH, else the default."""
-    from feast.repo_config import load_repo_config
-    from feast.utils import get_default_yaml_file_path
-
-    yaml_path = Path(fs_yaml) if fs_yaml else get_default_yaml_file_path(Path(repo))
-    lines = [ln for ln in yaml_path.read_text().splitlines() if not ln.lstrip().startswith("#")]
-    unset = sorted(set(re.findall(r"\$\{(\w+)\}", os.path.expandvars("\n".join(lines)))))
-    if unset:
-        raise FeaturesError(f"{yaml_path} reads environment variables that are not set: {unset}")
-    return load_repo_config(Path(repo).resolve(), yaml_path)
-
-
-def check_store_reachable(config, timeout_s: int = 5) -> None:
-    """Connect once to a PostgreSQL online store / SQL registry; raise a clear error if down."""
-    targets: list[tuple[str, str, dict]] = []
-    online = config.online_store
-    if getattr(online, "type", None) == "postgres":
-        url = f"postgresql+psycopg://{online.user}@{online.host}:{online.port}/{online.database}"
-        args = {"password": online.password, "sslmode": online.sslmode or "prefer"}
-        targets.append(("online store", url, args))
-    registry_path = getattr(config.registry, "path", "")
-    if getattr(config.registry, "registry_type", "file") == "sql":
-        targets.append(("SQL registry", registry_path, {}))
-    import sqlalchemy as sa
-
-    for what, url, args in targets:
-        engine = sa.create_engine(url, connect_args={"connect_timeout": timeout_s, **args})
-        try:
-            with engine.connect():
-                pass
-        except sa.exc.SQLAlchemyError as exc:
-            where = sa.engine.make_url(url).render_as_string(hide_password=True)
-            raise FeatureStoreUnavailableError(
-                f"the Feast {what} at {where} is unreachable ({getattr(exc, 'orig', exc)}). "
-                "Start PostgreSQL or fix TAILRANK_PG_* in the environment; unset "
-                "FEAST_FS_YAML_FILE_PATH to use the default SQLite store."
-            ) from exc
-        finally:
-            engine.dispose()
-
-
-def load_definitions(repo: Path) -> list:
-    """Every Feast object defined in the repo's top-level ``*.py`` files (no sys.path edits)."""
-    from feast import Entity, FeatureService, FeatureView
-    from feast.data_source import DataSource
-
-    kinds = (Entity, DataSource, FeatureView, FeatureService)
-    objects: list = []
-    for file in sorted(Path(repo).glob("*.py")):
-        spec = importlib.util.spec_from_file_location(f"_tailrank_repo_{file.stem}", file)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        objects += [v for v in vars(module).values() if isinstance(v, kinds)]
-    return objects
-
-
-def materialize_repo(repo: Path, fs_yaml: Path | None = None, end: datetime | None = None):
-    """``feast apply`` + ``feast materialize 1970-01-01 <end|now>`` for a repo; return the store.
-
-    Raises FeatureStoreUnavailableError before writing anything if PostgreSQL is down.
-    """
-    from feast import FeatureStore
-
-    config = repo_config(repo, fs_yaml)
-    check_store_reachable(config)
-    store = FeatureStore(repo_path=str(Path(repo).resolve()), config=config)
-    store.apply(load_definitions(repo))
-    end = end or datetime.now(UTC) + timedelta(seconds=1)
-    store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC), end_date=end)
-    return store
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m training.features", description=__doc__.split("\n\n")[0]
@@ -463,32 +383,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="embedding cache folder"
     )
-    p.add_argument(
-        "--materialize",
-        type=Path,
-        default=None,
-        metavar="REPO",
-        help="then feast apply + materialize this repo (its data must be --out)",
-    )
     p.add_argument("--log-level", default="INFO", help="logging level")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    try:
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+
+    def body() -> str:
         summary = build_features(
             args.data, args.out, args.mode, args.history_len, args.encoder,
             args.batch_size, args.cache_dir,
         )  # fmt: skip
-        if args.materialize is not None:
-            materialize_repo(args.materialize)
-    except (FeaturesError, EncoderNotFoundError, FeatureStoreUnavailableError) as exc:
-        log.error("%s", exc)
-        return 2
-    print(json.dumps(summary, indent=2))
-    return 0
+        return json.dumps(summary, indent=2)
+
+    return run_cli(body, bad_input=(FeaturesError, EncoderNotFoundError))
 
 
 if __name__ == "__main__":
