@@ -6,7 +6,8 @@ dashes), and the resolved config is saved as `config.json` beside every checkpoi
 ONNX file (`training.checkpoint`), so a run can always be reproduced and loaded without
 guessing::
 
-    python -m training.train --data data/movielens-100k --features feature_repo/data/movielens-100k \\
+    python -m training.train --data data/movielens-100k \\
+        --features feature_repo/data/movielens-100k \\
         --mode eval --out artifacts/ml --embedding-dim 64 --sampler uniform
 """
 

@@ -2,7 +2,8 @@
 
 Run::
 
-    python -m training.train --data data/movielens-100k --features feature_repo/data/movielens-100k \\
+    python -m training.train --data data/movielens-100k \\
+        --features feature_repo/data/movielens-100k \\
         --mode deploy --out artifacts/movielens-100k [--epochs 20 --sampler uniform ...]
 
 Every training interaction (u, i at time t) is a positive whose history is the user's
