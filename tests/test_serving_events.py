@@ -94,19 +94,32 @@ def test_feedback_is_stored_and_bad_feedback_rejected(logged_server, item_ids) -
     assert count(url, "SELECT COUNT(*) FROM feedback WHERE user_id = 'anyone'") == 2
 
 
-def test_client_cli_prints_the_ranked_list(logged_server, item_ids, tiny_feature_repo, capsys):
+@pytest.mark.parametrize("source", ["--titles", "--repo"])
+def test_client_cli_prints_the_ranked_list(
+    logged_server, item_ids, tiny_feature_repo, tiny_features_dir, capsys, source: str
+):
     port = logged_server[3]
+    where = tiny_features_dir if source == "--titles" else tiny_feature_repo
     argv = ["--target", f"127.0.0.1:{port}", "--user", "anyone", "--top-k", "2",
-            "--candidates", ",".join([*item_ids[:3], "ghost"]), "--repo", str(tiny_feature_repo),
+            "--candidates", ",".join([*item_ids[:3], "ghost"]), source, str(where),
             "--explain"]  # fmt: skip
     assert client.main(argv) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert "(cold user)" in lines[0]
-    ranked = [line.split()[1] for line in lines[2:] if line.split()[0] in ("1", "2")]
+    rows = [line for line in lines[2:] if line.split()[0] in ("1", "2")]
+    ranked = [row.split()[1] for row in rows]
     assert len(ranked) == 2 and set(ranked) <= set(item_ids[:3])
+    items = pd.read_parquet(tiny_features_dir / schema.ITEM_FEATURES_FILE)
+    title = dict(zip(items[schema.ITEM_ID].astype(str), items[schema.TITLE], strict=True))
+    for row, item in zip(rows, ranked, strict=True):
+        assert title[item] and row.endswith(title[item])  # the item's own title, either way
     assert "unscored: ghost (unknown item: not in the feature store)" in out
     assert "tail_boost=" in out
+
+
+def test_client_titles_from_a_missing_file_are_empty(tmp_path: Path) -> None:
+    assert client.titles_from_file(tmp_path, ["a"]) == {}
 
 
 def test_client_cli_reports_bad_input(logged_server, capsys) -> None:
