@@ -39,6 +39,7 @@ from tests.fixtures.deploy import (
     dockerfile_stages,
     dockerignored,
     feast_vars,
+    image_files,
     image_uid,
     k8s_env,
     load_k8s,
@@ -198,11 +199,12 @@ def test_compose_server_env_resolves_to_a_working_config(
     assert {n for n in env if n.startswith(ENV_PREFIX)} <= KNOWN_ENV
     config = load_config([], env=env)
     assert {str(config.port), str(config.metrics_port)} == set(services["server"]["expose"])
-    # the store config is one the image copies from feature_repo/, every variable it needs set
+    # the store config is a file the image copies into its feature repo, every variable set
     assert config.fs_yaml.parent == Path(image_env["TAILRANK_REPO"])
-    needed = feast_vars(FEAST_YAMLS[config.fs_yaml.name].read_text())
+    in_image = image_files(dockerfile)
+    assert f"{config.repo}/tailrank_repo.py" in in_image
+    needed = feast_vars(in_image[str(config.fs_yaml)].read_text())
     assert needed and all(env.get(v) is not None for v in needed)
-    assert "COPY feature_repo/*.yaml" in dockerfile
     # ... pointing at the compose services with their credentials
     pg = compose_env(services["postgres"], COMPOSE_SECRETS)
     assert (env["TAILRANK_PG_HOST"], env["TAILRANK_REDIS_HOST"]) == ("postgres", "redis")
@@ -307,8 +309,11 @@ def test_env_names_are_known_and_secrets_come_from_the_secret(k8s: dict, image_e
             assert var["valueFrom"]["secretKeyRef"]["key"] in secret, var["name"]
 
 
-def test_configmap_feast_yamls_are_the_repos(k8s: dict, image_env: dict) -> None:
-    """The mounted store config is feature_repo's, and every variable it needs is set."""
+def test_configmap_feast_yamls_are_the_data_sets(k8s: dict, image_env: dict, tmp_path) -> None:
+    """The mounted store configs are what `make materialize-store STORE=...` writes for the
+    Makefile's default data set, and every variable they need is set."""
+    from training.feast_repo import write_dataset_config
+
     env = k8s_env(k8s, image_env)
     config = load_config([], env=env)
     mounts = {m["name"]: m["mountPath"] for m in container(k8s)["volumeMounts"]}
@@ -317,19 +322,18 @@ def test_configmap_feast_yamls_are_the_repos(k8s: dict, image_env: dict) -> None
     assert config.fs_yaml.parent == Path(mounts[feast["name"]])
     data = k8s[("ConfigMap", feast["configMap"]["name"])]["data"]
     assert config.fs_yaml.name in data
-    repo_copies = {
-        "feature_store.yaml": "feature_store.postgres.yaml",
-        "feature_store.redis.yaml": "feature_store.redis.yaml",
-    }
-    assert set(data) == set(repo_copies)
-    for key, repo_file in repo_copies.items():
-        mounted, repo = (
-            yaml.safe_load(data[key]),
-            yaml.safe_load(FEAST_YAMLS[repo_file].read_text()),
+    name = re.search(r"^DATASET \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    templates = {"feature_store.yaml": "feature_store.postgres.yaml",
+                 "feature_store.redis.yaml": "feature_store.redis.yaml"}  # fmt: skip
+    assert set(data) == set(templates)
+    for key, template in templates.items():
+        written = write_dataset_config(
+            FEAST_YAMLS[template], ROOT / "feature_repo", tmp_path / name, name
         )
-        for doc in (mounted, repo):  # the one setting operators may tighten (TLS)
+        mounted, expected = yaml.safe_load(data[key]), yaml.safe_load(written.read_text())
+        for doc in (mounted, expected):  # the one setting operators may tighten (TLS)
             doc["online_store"].pop("sslmode", None)
-        assert mounted == repo, key
+        assert mounted == expected, key
         needed = feast_vars(data[key])
         assert needed and all(env.get(v) is not None for v in needed), key
 
@@ -363,7 +367,7 @@ def test_two_replicas_share_one_postgres_store(
 ) -> None:
     """Replicas started from the ConfigMap's Feast yaml read one store: they rank alike,
     and a user or item written to the store after they started is known to both at once."""
-    from training import features  # the materialize step (a training-side job)
+    from training import feast_repo  # the materialize step (a training-side job)
 
     repo = copy_feature_repo(tmp_path / "repo", tiny_features_dir)
     fs_yaml = tmp_path / "etc" / "feature_store.yaml"  # as the ConfigMap mounts it
@@ -373,7 +377,8 @@ def test_two_replicas_share_one_postgres_store(
     for name, value in [("HOST", db["host"]), ("PORT", db["port"]), ("DB", db["database"]),
                         ("USER", db["user"]), ("PASSWORD", "")]:  # fmt: skip
         monkeypatch.setenv(f"TAILRANK_PG_{name}", str(value))
-    store = features.materialize_repo(repo, fs_yaml=fs_yaml)  # what compose's init job does
+    # what `make materialize-store STORE=postgres` does for a data set
+    store = feast_repo.materialize_repo(repo, fs_yaml=fs_yaml, features_dir=repo / "data")
 
     users = pd.read_parquet(tiny_features_dir / schema.USER_FEATURES_FILE)
     items = pd.read_parquet(tiny_features_dir / schema.ITEM_FEATURES_FILE)
