@@ -13,7 +13,7 @@ import pytest
 
 from serving import events_cli
 from serving.api.tailrank.v1 import ranking_pb2
-from serving.errors import InvalidArgument
+from serving.errors import ConfigError, InvalidArgument
 from serving.eventlog import FeedbackRow, parse_feedback
 from tests.fixtures.eventlog import count_rows
 
@@ -131,5 +131,5 @@ def test_import_names_unparseable_times_and_missing_columns(tmp_path: Path) -> N
     with pytest.raises(InvalidArgument, match=r"t\.csv row 1\.timestamp: 'yesterday'"):
         events_cli.feedback_rows(events_cli.read_feedback_file(path), path, datetime.now(UTC))
     missing = write_csv(tmp_path / "m.csv", [{"user_id": "u", "item_id": "i"}])
-    with pytest.raises(Exception, match="missing column.*event_type.*timestamp"):
+    with pytest.raises(ConfigError, match="missing column.*event_type.*timestamp"):
         events_cli.read_feedback_file(missing)

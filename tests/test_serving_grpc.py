@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from core import schema
-from serving.api.tailrank.v1 import ranking_pb2
+from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 10.0
@@ -178,11 +178,52 @@ def test_store_down_is_unavailable_then_recovers(ranking_server, offline) -> Non
     assert len(rank(ranking_server, user_id=user, candidate_ids=cands).items) == 3
 
 
-def test_cache_refresh_swaps_in_a_full_table(ranking_server) -> None:
-    before = ranking_server.servicer.features.cache_size
-    assert before > 0
-    assert ranking_server.servicer.refresh_cache()
-    assert ranking_server.servicer.features.cache_size == before
+def test_cache_refresh_swaps_in_a_full_table(
+    tiny_feature_repo: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A row changed in the online store (Feast's public write path) is served from the
+    cache only after a refresh: the old value before, the new one after. A second server
+    over a copy of the repo, so the shared one keeps its data."""
+    from feast import FeatureStore
+
+    from serving.__main__ import build_servicer
+    from serving.server import create_server
+    from tests.fixtures.serving import serving_config
+
+    repo = Path(shutil.copytree(tiny_feature_repo, tmp_path / "repo"))
+    items = _latest(pd.read_parquet(repo / "data" / schema.ITEM_FEATURES_FILE), schema.ITEM_ID)
+    item = str(items.index[0])
+    was_tail = bool(items.loc[item, schema.IS_TAIL])
+    config = serving_config(repo, tiny_model_dir)
+    servicer = build_servicer(config)
+    servicer.start()
+    server, port = create_server(config, servicer)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = ranking_pb2_grpc.RankingServiceStub(channel)
+
+    def served_is_tail() -> bool:
+        request = ranking_pb2.RankRequest(user_id="u", candidate_ids=[item], tail_weight=0.0)
+        return stub.Rank(request, timeout=TIMEOUT).items[0].is_tail
+
+    try:
+        size = servicer.features.cache_size
+        assert size == len(items) and served_is_tail() is was_tail
+        row = items.loc[[item]].reset_index()
+        row[schema.IS_TAIL] = int(not was_tail)
+        row[schema.INTERACTION_COUNT] = 12345
+        row[schema.EVENT_TIMESTAMP] = pd.Timestamp.now(tz="UTC")
+        FeatureStore(repo_path=str(repo)).write_to_online_store(schema.ITEM_VIEW, row)
+        assert servicer.features.fetch_items([item]).count.tolist() == [12345]  # Feast has it
+        assert served_is_tail() is was_tail  # the cache still serves the old row
+        assert servicer.refresh_cache()
+        assert served_is_tail() is not was_tail
+        rows, hits = servicer.features.items([item])
+        assert hits == 1 and rows.count.tolist() == [12345]  # from the new table, not Feast
+        assert servicer.features.cache_size == size  # every item again, not just the changed one
+    finally:
+        channel.close()
+        servicer.shutting_down()
+        server.stop(0).wait()
 
 
 def _scrape(port: int) -> dict[str, float]:
