@@ -143,6 +143,18 @@ def test_unknown_candidate_is_unscored_and_others_ranked(ranking_server, offline
         ({"user_id": "u", "candidate_ids": ["a"], "top_k": -1}, "top_k is -1"),
         ({"user_id": "u", "candidate_ids": ["a"], "tail_weight": 1.5}, "in [0, 1]"),
         ({"user_id": "u", "candidate_ids": ["a"], "request_id": "r" * 129}, "128 bytes"),
+        (
+            {"user_id": "é" * 128 + "x", "candidate_ids": ["a"]},
+            "user_id is longer than 256 bytes (257 bytes)",
+        ),
+        (
+            {"user_id": "u", "candidate_ids": ["a", "\U0001f6d2" * 65]},
+            "candidate_ids[1] is longer than 256 bytes (260 bytes)",
+        ),
+        (
+            {"user_id": "u", "candidate_ids": ["a"], "request_id": "ü" * 64 + "x"},
+            "request_id is longer than 128 bytes (129 bytes)",
+        ),
     ],
 )
 def test_bad_input_is_invalid_argument(ranking_server, fields: dict, message: str) -> None:
@@ -224,6 +236,20 @@ def test_cache_refresh_swaps_in_a_full_table(
         channel.close()
         servicer.shutting_down()
         server.stop(0).wait()
+
+
+def test_limits_exactly_at_them_are_served(ranking_server, offline) -> None:
+    """1000 candidates (the default max_candidates), 256-byte ids in 2-byte characters and
+    a 128-byte request id: all accepted; ids the store does not know come back unscored."""
+    known = [str(i) for i in offline["items"].index[:3]]
+    long_item, long_user, request_id = "é" * 128, "ü" * 128, "ü" * 64
+    cands = known + [f"new-{i}" for i in range(996)] + [long_item]
+    assert len(cands) == 1000 and len(long_item.encode()) == 256 == len(long_user.encode())
+    reply = rank(ranking_server, user_id=long_user, candidate_ids=cands, request_id=request_id,
+                 tail_weight=1.0)  # fmt: skip
+    assert reply.cold_user and reply.request_id == request_id and reply.tail_weight == 1.0
+    assert sorted(i.item_id for i in reply.items) == sorted(known)
+    assert len(reply.unscored) == 997 and reply.unscored[-1].item_id == long_item
 
 
 def _scrape(port: int) -> dict[str, float]:
