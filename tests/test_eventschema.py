@@ -41,6 +41,9 @@ FEEDBACK = {
 }  # fmt: skip
 
 
+FEEDBACK_EVENT = {"user_id": "u", "item_id": "i", "event_type": "click", "timestamp_ms": 0}
+
+
 def ms(when: datetime) -> int:
     return int(when.timestamp() * 1000)
 
@@ -210,6 +213,30 @@ def test_a_writer_creates_nested_folders(tmp_path: Path) -> None:
     finally:
         engine.dispose()
     assert path.is_file()
+
+
+@pytest.mark.postgres
+def test_a_connection_dropped_while_idle_is_replaced_before_use(postgres_database: dict) -> None:
+    """PostgreSQL restarted (or a proxy cut idle sessions) between two Feedback calls: the
+    pool's idle connection is dead, and the next call must still store its event rather
+    than fail once (pool_pre_ping)."""
+    event_url = str(postgres_database["url"])
+    name = sa.make_url(event_url).database
+    admin = sa.create_engine(sa.make_url(event_url).set(database="postgres"))
+    row = parse_feedback(ranking_pb2.FeedbackRequest(events=[FEEDBACK_EVENT]))
+    with EventLog(event_url) as log:
+        assert log.record_feedback(row) == 1  # the pool now holds an idle session
+        with admin.connect() as conn:
+            killed = conn.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = :n AND pid <> pg_backend_pid()"
+                ),
+                {"n": name},
+            ).scalar()
+        admin.dispose()
+        assert killed >= 1
+        assert log.record_feedback(row) == 1
 
 
 # --- UTCDateTime ----------------------------------------------------------------------------

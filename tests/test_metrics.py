@@ -310,3 +310,10 @@ def test_ctr_metrics_inputs_are_checked(caplog: pytest.LogCaptureFixture) -> Non
     assert [r.getMessage() for r in caplog.records] == [
         "AUC undefined: labels hold only one class (0 positives)"
     ]
+
+
+def test_ctr_metrics_take_boolean_labels() -> None:
+    probs = np.array([0.9, 0.1, 0.4, 0.4])
+    flags = ctr_metrics(np.array([True, False, True, False]), probs)
+    assert flags == ctr_metrics(np.array([1, 0, 1, 0]), probs)
+    assert flags["AUC"] == pytest.approx(3.5 / 4)
