@@ -231,6 +231,8 @@ def test_exclude_must_be_sparse_and_stored_zeros_do_not_exclude() -> None:
         "exclude must be a scipy.sparse matrix of shape (1, 3) (the users' train items), "
         "got ndarray (1, 3)"
     )
+    with pytest.raises(ValueError, match=r"\(the users' train items\), got list None$"):
+        acc.add(np.zeros((1, 3)), np.array([0]), [[0, 0, 0]])
     # an explicitly stored 0 at item 0 (the best score) is not an exclusion
     stored_zero = sp.csr_matrix((np.array([0, 1]), (np.array([0, 0]), np.array([0, 1]))), (1, 3))
     assert stored_zero.nnz == 2
