@@ -90,3 +90,7 @@ bench: $(RUN_DIR)/model.onnx $(FEATURES)/.materialized  ## every benchmark of do
 clean:  ## remove built data, features and models (keeps .venv)
 	rm -rf data artifacts runs
 	find $(FEATURES) -mindepth 1 ! -name .gitkeep -delete
+
+.PHONY: mutation
+mutation: $(STAMP)  ## mutation testing of core/ and the request/event checks, score per module (~5 min)
+	$(PY) -m benchmarks.mutation
