@@ -125,3 +125,7 @@ bench: $(RUN_DIR)/model.onnx $(MATERIALIZED)  ## every benchmark of docs/BENCHMA
 clean:  ## remove built data, features and models of every data set (keeps .venv)
 	rm -rf data artifacts runs
 	find feature_repo/data -mindepth 1 ! -name .gitkeep -delete
+
+.PHONY: mutation
+mutation: $(STAMP)  ## mutation testing of core/ and the request/event checks, score per module (~5 min)
+	$(PY) -m benchmarks.mutation

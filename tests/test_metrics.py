@@ -202,3 +202,156 @@ def test_set_metrics_hand_worked() -> None:
     assert r["Recall@2"] == pytest.approx(0.25)
     assert r["F1@2"] == pytest.approx(0.25)
     assert r["n_users"] == 2.0
+
+
+# --- limits and degenerate cases ------------------------------------------------------------
+def test_top_k_lists_hold_exactly_k_items_however_many_tie() -> None:
+    # user 0: one item above the 2nd score, four tied at it; user 1: every item tied
+    acc = RankingAccumulator(np.arange(5), np.ones(5), k=2)
+    scores = np.array([[0.9, 0.5, 0.5, 0.5, 0.5], [0.3, 0.3, 0.3, 0.3, 0.3]])
+    acc.add(scores, np.array([4, 0]), sp.csr_matrix((2, 5), dtype=bool))
+    # user 0 -> {0, 1}: the tie fills by index, the target (4) last; user 1 -> {1, 2}
+    assert acc.exposure.tolist() == [1, 2, 1, 0, 0]
+    assert acc.result()["ARP@2"] == pytest.approx(((0 + 1) / 2 + (1 + 2) / 2) / 2)
+
+
+def test_a_tied_target_fills_the_last_place_after_tied_non_targets() -> None:
+    # K = 3: item 0 above; items 1 (other) and 2 (target) tied at the 3rd score
+    acc = RankingAccumulator(np.ones(4), np.array([0, 1, 1, 1]), k=3)
+    acc.add(np.array([[0.9, 0.5, 0.5, 0.1]]), np.array([2]), sp.csr_matrix((1, 4), dtype=bool))
+    assert acc.exposure.tolist() == [1, 1, 1, 0]
+    assert acc.result()["HR@3"] == 1.0  # rank 2 (0.9 and the tied 0.5 go first) < 3
+
+
+def test_head_hits_add_up_positively() -> None:
+    # items 0, 1 head; user 0 hits head item 0, user 1 misses head item 1, user 2 hits tail 3
+    acc = RankingAccumulator(np.array([9, 8, 1, 1]), np.array([0, 0, 1, 1]), k=1)
+    scores = np.array([[0.9, 0.1, 0.2, 0.3], [0.9, 0.1, 0.2, 0.3], [0.1, 0.2, 0.3, 0.9]])
+    acc.add(scores, np.array([0, 1, 3]), sp.csr_matrix((3, 4), dtype=bool))
+    r = acc.result()
+    assert (r["HeadHR@1"], r["TailHR@1"], r["HR@1"]) == pytest.approx((0.5, 1.0, 2 / 3))
+    # one-item lists: {0}, {0}, {3}
+    assert r["APLT@1"] == pytest.approx(1 / 3) and r["ARP@1"] == pytest.approx((9 + 9 + 1) / 3)
+
+
+def test_defaults_are_k_10() -> None:
+    acc = RankingAccumulator(np.ones(3), np.ones(3))
+    acc.add(np.array([[0.3, 0.2, 0.1]]), np.array([2]), sp.csr_matrix((1, 3), dtype=bool))
+    assert acc.result()["HR@10"] == 1.0 and acc.exposure.tolist() == [1, 1, 1]
+    r = evaluate_scorer(lambda u: np.array([[0.3, 0.2, 0.1]]), np.array([0]), np.array([2]),
+                        sp.csr_matrix((1, 3), dtype=bool), np.ones(3), np.ones(3))  # fmt: skip
+    assert r["HR@10"] == 1.0
+    s = set_metrics_at_k(np.array([[0.3, 0.2, 0.1]]), [np.array([2])], sp.csr_matrix((1, 3)))
+    assert s["Recall@10"] == 1.0 and s["Precision@10"] == pytest.approx(0.1)
+
+
+def test_target_column_must_lie_inside_the_catalogue() -> None:
+    acc = RankingAccumulator(np.ones(5), np.ones(5), k=2)
+    acc.add(np.zeros((1, 5)), np.array([4]), sp.csr_matrix((1, 5)))  # the last column: fine
+    for bad in (5, -1):
+        with pytest.raises(ValueError) as err:
+            acc.add(np.zeros((1, 5)), np.array([bad]), sp.csr_matrix((1, 5)))
+        assert str(err.value) == "targets must be item columns in [0, 5)"
+    with pytest.raises(ValueError) as err:
+        acc.add(np.zeros((2, 5)), np.array([1, 2, 3]), sp.csr_matrix((2, 5)))
+    assert str(err.value) == "targets has 3 entries for 2 rows"
+    acc.add(np.zeros((2, 5)), np.array([[1], [2]]), sp.csr_matrix((2, 5)))  # a column: fine
+    assert acc.result()["n_users"] == 3.0
+
+
+def test_exclude_must_be_sparse_and_stored_zeros_do_not_exclude() -> None:
+    acc = RankingAccumulator(np.ones(3), np.ones(3), k=1)
+    with pytest.raises(ValueError) as err:
+        acc.add(np.zeros((1, 3)), np.array([0]), np.zeros((1, 3), dtype=bool))
+    assert str(err.value) == (
+        "exclude must be a scipy.sparse matrix of shape (1, 3) (the users' train items), "
+        "got ndarray (1, 3)"
+    )
+    with pytest.raises(ValueError, match=r"\(the users' train items\), got list None$"):
+        acc.add(np.zeros((1, 3)), np.array([0]), [[0, 0, 0]])
+    # an explicitly stored 0 at item 0 (the best score) is not an exclusion
+    stored_zero = sp.csr_matrix((np.array([0, 1]), (np.array([0, 0]), np.array([0, 1]))), (1, 3))
+    assert stored_zero.nnz == 2
+    acc.add(np.array([[0.9, 0.8, 0.1]]), np.array([2]), stored_zero)
+    assert acc.exposure.tolist() == [1, 0, 0]
+
+
+def test_bad_k_and_shapes_name_what_is_wrong() -> None:
+    with pytest.raises(ValueError) as err:
+        RankingAccumulator(np.ones(3), np.ones(3), k=0)
+    assert str(err.value) == "k must be >= 1, got 0"
+    with pytest.raises(ValueError) as err:
+        RankingAccumulator(np.ones((2, 3)), np.ones((2, 3)))
+    assert str(err.value) == (
+        "train_counts and is_tail must both be 1-D with one entry per item, got (2, 3) and (2, 3)"
+    )
+
+
+def test_problems_in_a_chunk_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    acc = RankingAccumulator(np.ones(3), np.ones(3), k=1)
+    with caplog.at_level("WARNING", logger="training.metrics"):
+        acc.add(np.array([[0.2, 0.1, 0.3]]), np.array([0]), sp.csr_matrix((1, 3)))
+        assert not caplog.records  # a clean chunk logs nothing
+        acc.add(np.array([[np.nan, 0.1, 0.3]]), np.array([1]), sp.csr_matrix((1, 3)))
+    assert [r.getMessage() for r in caplog.records] == [
+        "chunk of 1 users: 1 NaN scores ranked as -inf, 0 targets inside their own exclusion "
+        "mask kept rankable"
+    ]
+
+
+def test_set_metrics_for_users_with_zero_or_one_held_out_items() -> None:
+    scores = np.array([[0.9, 0.8, 0.1], [0.9, 0.8, 0.1], [0.1, 0.2, 0.9]])
+    exclude = sp.csr_matrix((3, 3), dtype=bool)
+    targets = [np.array([], dtype=np.int64), np.array([1]), np.array([2])]
+    r = set_metrics_at_k(scores, targets, exclude, k=2)
+    # user 0 is skipped; user 1: list {0, 1}, 1 hit; user 2: list {2, 1}, 1 hit
+    assert r["n_users"] == 2.0
+    assert r["Precision@2"] == pytest.approx(0.5)
+    assert r["Recall@2"] == pytest.approx(1.0)
+    assert r["F1@2"] == pytest.approx(2 / 3)
+    single = set_metrics_at_k(scores[1:2], [np.array([1])], exclude[1:2], k=1)
+    assert (single["Precision@1"], single["Recall@1"], single["F1@1"]) == (0.0, 0.0, 0.0)
+
+
+def test_set_metrics_log_nan_scores(caplog: pytest.LogCaptureFixture) -> None:
+    scores = np.array([[np.nan, 0.5, np.nan]])
+    with caplog.at_level("WARNING", logger="training.metrics"):
+        r = set_metrics_at_k(scores, [np.array([0])], sp.csr_matrix((1, 3)), k=1)
+    assert r["Recall@1"] == 0.0  # the NaN target ranks last
+    assert [rec.getMessage() for rec in caplog.records] == ["2 NaN scores ranked as -inf"]
+
+
+def test_set_metrics_without_any_held_out_item_are_nan(recwarn: pytest.WarningsRecorder) -> None:
+    r = set_metrics_at_k(np.zeros((2, 3)), [[], []], sp.csr_matrix((2, 3)), k=2)
+    assert r["n_users"] == 0.0
+    assert all(math.isnan(r[key]) for key in ("Precision@2", "Recall@2", "F1@2"))
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]  # no mean([])
+    with pytest.raises(ValueError) as err:
+        set_metrics_at_k(np.zeros((2, 3)), [[]], sp.csr_matrix((2, 3)))
+    assert str(err.value) == "target_sets has 1 entries for 2 rows"
+
+
+def test_ctr_metrics_inputs_are_checked(caplog: pytest.LogCaptureFixture) -> None:
+    for labels, probs in (([], []), ([1, 0], [0.5])):
+        with pytest.raises(ValueError) as err:
+            ctr_metrics(np.array(labels), np.array(probs))
+        assert str(err.value).startswith("labels and probs must be non-empty and equal-length")
+    with pytest.raises(ValueError) as err:
+        ctr_metrics(np.array([1, 2]), np.array([0.5, 0.5]))
+    assert str(err.value) == "labels must be 0 or 1"
+    one = ctr_metrics(np.array([[1]]), np.array([[0.8]]))  # one pair, any shape
+    assert one["n_pairs"] == 1.0 and one["LogLoss"] == pytest.approx(-math.log(0.8))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="training.metrics"), np.errstate(all="raise"):
+        negatives = ctr_metrics(np.array([0, 0]), np.array([0.2, 0.3]))  # no 0/0 is computed
+    assert math.isnan(negatives["AUC"])
+    assert [r.getMessage() for r in caplog.records] == [
+        "AUC undefined: labels hold only one class (0 positives)"
+    ]
+
+
+def test_ctr_metrics_take_boolean_labels() -> None:
+    probs = np.array([0.9, 0.1, 0.4, 0.4])
+    flags = ctr_metrics(np.array([True, False, True, False]), probs)
+    assert flags == ctr_metrics(np.array([1, 0, 1, 0]), probs)
+    assert flags["AUC"] == pytest.approx(3.5 / 4)

@@ -69,8 +69,10 @@ def test_weight_outside_unit_interval_is_rejected(weight: float) -> None:
 
 
 def test_mismatched_lengths_are_rejected() -> None:
-    with pytest.raises(ValueError, match="same length"):
-        rerank(PROB, TAIL[:3], IDS, 0.3, 0.5)
+    for prob, tail, ids in ((PROB, TAIL[:3], IDS), (PROB, TAIL, IDS[:4])):
+        with pytest.raises(ValueError) as err:
+            rerank(prob, tail, ids, 0.3, 0.5)
+        assert str(err.value) == "prob, is_tail and item_ids must have the same length"
 
 
 def test_block_scores_match_the_per_request_rule() -> None:
@@ -106,3 +108,27 @@ def test_block_appetite_matches_one_user_at_a_time_and_ignores_padding() -> None
     block = tail_appetite(flags, real)
     assert block[0] == pytest.approx(tail_appetite([1, 0, 1]))  # the padded slot is dropped
     assert block[1] == pytest.approx(tail_appetite([0, 1, 0, 0]))
+
+
+def test_no_candidates_give_an_empty_ranking() -> None:
+    result = rerank(np.array([]), np.array([], dtype=bool), [], tail_weight=0.5, p_tail=0.5)
+    assert result.order.dtype == np.int64 and result.order.shape == (0,)
+    assert result.score.shape == (0,) and result.boost.shape == (0,)
+
+
+def test_ranked_parts_are_float32_and_keep_the_appetite_used() -> None:
+    result = rerank([0.9, 0.2], [False, True], ["h", "t"], tail_weight=0.5, p_tail=0.8)
+    assert result.score.dtype == np.float32 and result.boost.dtype == np.float32
+    assert result.p_tail == 0.8
+    np.testing.assert_allclose(result.boost, [0.0, 0.4], rtol=1e-6)
+    np.testing.assert_allclose(result.score, [0.45, 0.5], rtol=1e-6)
+    assert result.order.tolist() == [1, 0]
+
+
+def test_one_history_with_a_padding_mask() -> None:
+    # a single history [L] with its mask [L]: the padded slot is neither tail nor counted
+    assert tail_appetite([True, False, True], real=[True, True, False]) == pytest.approx(0.5)
+    assert type(tail_appetite([True, False])) is float  # one history: a Python float
+    # flags and mask may arrive as 0/1 numbers of any dtype
+    block = tail_appetite(np.array([[1.0, 0.0, 1.0]]), real=np.array([[1.0, 1.0, 0.0]]))
+    assert block.tolist() == pytest.approx([0.5])

@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from core import schema
-from serving.api.tailrank.v1 import ranking_pb2
+from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 10.0
@@ -143,6 +143,18 @@ def test_unknown_candidate_is_unscored_and_others_ranked(ranking_server, offline
         ({"user_id": "u", "candidate_ids": ["a"], "top_k": -1}, "top_k is -1"),
         ({"user_id": "u", "candidate_ids": ["a"], "tail_weight": 1.5}, "in [0, 1]"),
         ({"user_id": "u", "candidate_ids": ["a"], "request_id": "r" * 129}, "128 bytes"),
+        (
+            {"user_id": "é" * 128 + "x", "candidate_ids": ["a"]},
+            "user_id is longer than 256 bytes (257 bytes)",
+        ),
+        (
+            {"user_id": "u", "candidate_ids": ["a", "\U0001f6d2" * 65]},
+            "candidate_ids[1] is longer than 256 bytes (260 bytes)",
+        ),
+        (
+            {"user_id": "u", "candidate_ids": ["a"], "request_id": "ü" * 64 + "x"},
+            "request_id is longer than 128 bytes (129 bytes)",
+        ),
     ],
 )
 def test_bad_input_is_invalid_argument(ranking_server, fields: dict, message: str) -> None:
@@ -178,11 +190,66 @@ def test_store_down_is_unavailable_then_recovers(ranking_server, offline) -> Non
     assert len(rank(ranking_server, user_id=user, candidate_ids=cands).items) == 3
 
 
-def test_cache_refresh_swaps_in_a_full_table(ranking_server) -> None:
-    before = ranking_server.servicer.features.cache_size
-    assert before > 0
-    assert ranking_server.servicer.refresh_cache()
-    assert ranking_server.servicer.features.cache_size == before
+def test_cache_refresh_swaps_in_a_full_table(
+    tiny_feature_repo: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A row changed in the online store (Feast's public write path) is served from the
+    cache only after a refresh: the old value before, the new one after. A second server
+    over a copy of the repo, so the shared one keeps its data."""
+    from feast import FeatureStore
+
+    from serving.__main__ import build_servicer
+    from serving.server import create_server
+    from tests.fixtures.serving import serving_config
+
+    repo = Path(shutil.copytree(tiny_feature_repo, tmp_path / "repo"))
+    items = _latest(pd.read_parquet(repo / "data" / schema.ITEM_FEATURES_FILE), schema.ITEM_ID)
+    item = str(items.index[0])
+    was_tail = bool(items.loc[item, schema.IS_TAIL])
+    config = serving_config(repo, tiny_model_dir)
+    servicer = build_servicer(config)
+    servicer.start()
+    server, port = create_server(config, servicer)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = ranking_pb2_grpc.RankingServiceStub(channel)
+
+    def served_is_tail() -> bool:
+        request = ranking_pb2.RankRequest(user_id="u", candidate_ids=[item], tail_weight=0.0)
+        return stub.Rank(request, timeout=TIMEOUT).items[0].is_tail
+
+    try:
+        size = servicer.features.cache_size
+        assert size == len(items) and served_is_tail() is was_tail
+        row = items.loc[[item]].reset_index()
+        row[schema.IS_TAIL] = int(not was_tail)
+        row[schema.INTERACTION_COUNT] = 12345
+        row[schema.EVENT_TIMESTAMP] = pd.Timestamp.now(tz="UTC")
+        FeatureStore(repo_path=str(repo)).write_to_online_store(schema.ITEM_VIEW, row)
+        assert servicer.features.fetch_items([item]).count.tolist() == [12345]  # Feast has it
+        assert served_is_tail() is was_tail  # the cache still serves the old row
+        assert servicer.refresh_cache()
+        assert served_is_tail() is not was_tail
+        rows, hits = servicer.features.items([item])
+        assert hits == 1 and rows.count.tolist() == [12345]  # from the new table, not Feast
+        assert servicer.features.cache_size == size  # every item again, not just the changed one
+    finally:
+        channel.close()
+        servicer.shutting_down()
+        server.stop(0).wait()
+
+
+def test_limits_exactly_at_them_are_served(ranking_server, offline) -> None:
+    """1000 candidates (the default max_candidates), 256-byte ids in 2-byte characters and
+    a 128-byte request id: all accepted; ids the store does not know come back unscored."""
+    known = [str(i) for i in offline["items"].index[:3]]
+    long_item, long_user, request_id = "é" * 128, "ü" * 128, "ü" * 64
+    cands = known + [f"new-{i}" for i in range(996)] + [long_item]
+    assert len(cands) == 1000 and len(long_item.encode()) == 256 == len(long_user.encode())
+    reply = rank(ranking_server, user_id=long_user, candidate_ids=cands, request_id=request_id,
+                 tail_weight=1.0)  # fmt: skip
+    assert reply.cold_user and reply.request_id == request_id and reply.tail_weight == 1.0
+    assert sorted(i.item_id for i in reply.items) == sorted(known)
+    assert len(reply.unscored) == 997 and reply.unscored[-1].item_id == long_item
 
 
 def _scrape(port: int) -> dict[str, float]:

@@ -77,9 +77,11 @@ def test_sigterm_lets_in_flight_call_finish(
         try:
             call = ranking_pb2_grpc.RankingServiceStub(channel).Rank.future(request, timeout=30)
             time.sleep(1.0)
+            assert not call.done(), "the call must be held inside the server by the lock"
             proc.send_signal(signal.SIGTERM)
             time.sleep(1.0)
             assert proc.poll() is None, "the server must wait for the in-flight call"
+            assert not call.done(), "still held: SIGTERM must not cut the call short"
         finally:
             lock.execute("ROLLBACK")
             lock.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from serving.api.tailrank.v1 import ranking_pb2
@@ -92,9 +93,11 @@ def test_valid_request_gets_defaults_and_a_request_id() -> None:
         ({"candidate_ids": list("abcdefghijk")}, "11 ids, more than the limit 10"),
         ({"candidate_ids": ["a", ""]}, "candidate_ids[1] is empty"),
         ({"candidate_ids": ["a", "b", "a"]}, "duplicates (e.g. 'a')"),
+        ({"candidate_ids": ["a", "b", "c", "b"]}, "duplicates (e.g. 'b')"),
         ({"candidate_ids": ["é" * 129]}, "258 bytes"),
         ({"top_k": -3}, "top_k is -3"),
         ({"tail_weight": -0.5}, "tail_weight is -0.5"),
+        ({"tail_weight": 1.5}, "tail_weight is 1.5: use a value in [0, 1]"),
         ({"request_id": "x" * 129}, "request_id is longer than 128 bytes"),
         ({"user_id": "a\x00b"}, "user_id contains a NUL"),
         ({"candidate_ids": ["a", "b\x00"]}, "candidate_ids[1] contains a NUL"),
@@ -105,6 +108,89 @@ def test_invalid_requests_say_what_to_fix(fields: dict, message: str) -> None:
     with pytest.raises(InvalidArgument) as err:
         validate(request(**fields), max_candidates=10, tail_weight=0.3)
     assert message in str(err.value)
+
+
+def test_fields_pass_through_to_the_ranker() -> None:
+    args = validate(request(user_id="ユーザー", top_k=7, explain=True, request_id="r9"), 10, 0.3)
+    assert (args.user_id, args.top_k, args.explain, args.request_id) == ("ユーザー", 7, True, "r9")
+    assert validate(request(), 10, 0.3).explain is False
+
+
+# --- every limit exactly at it (accepted) and one past it (refused, field named) --------
+EMOJI = "\U0001f6d2"  # 4 UTF-8 bytes: 64 of them are 256 bytes in 64 characters
+FLOAT32_ABOVE_1 = float(np.nextafter(np.float32(1.0), np.float32(2.0)))  # tail_weight is float
+
+
+def refused(fields: dict, max_candidates: int = 10) -> str:
+    """The INVALID_ARGUMENT message ``validate`` gives for a request with ``fields``."""
+    with pytest.raises(InvalidArgument) as err:
+        validate(request(**fields), max_candidates=max_candidates, tail_weight=0.3)
+    code, message = status_for(err.value)
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    return message
+
+
+@pytest.mark.parametrize("limit", [1, 3, 10])
+def test_max_candidates_exactly_is_accepted_one_more_is_refused(limit: int) -> None:
+    ids = [f"c{i}" for i in range(limit + 1)]
+    assert validate(request(candidate_ids=ids[:limit]), limit, 0.3).candidates == ids[:limit]
+    assert refused({"candidate_ids": ids}, limit) == (
+        f"candidate_ids has {limit + 1} ids, more than the limit {limit}: split the request"
+    )
+
+
+@pytest.mark.parametrize(
+    "at_limit",
+    ["a" * 256, "é" * 128, EMOJI * 64, "日" * 85 + "a", "é" * 127 + "ab"],
+    ids=["ascii", "2-byte", "4-byte", "3-byte", "mixed"],
+)
+def test_ids_of_exactly_256_bytes_are_accepted(at_limit: str) -> None:
+    assert len(at_limit.encode()) == 256
+    args = validate(request(user_id=at_limit, candidate_ids=["a", at_limit]), 10, 0.3)
+    assert args.user_id == at_limit and args.candidates == ["a", at_limit]
+
+
+@pytest.mark.parametrize(
+    "past_limit",
+    # 65 x 4 bytes is 260 bytes in 65 characters: just past the 64-character fast path
+    ["a" * 257, "é" * 128 + "a", "日" * 85 + "é", EMOJI * 64 + "a", EMOJI * 65],
+    ids=["ascii", "2-byte", "3-byte", "4-byte", "65-emoji"],
+)
+def test_ids_past_256_bytes_are_refused_naming_the_field(past_limit: str) -> None:
+    size = len(past_limit.encode())
+    assert size > 256
+    tail = f"longer than 256 bytes ({size} bytes): send a shorter id"
+    assert refused({"user_id": past_limit}) == f"user_id is {tail}"
+    assert refused({"candidate_ids": ["a", "b", past_limit]}) == f"candidate_ids[2] is {tail}"
+
+
+def test_request_id_of_exactly_128_bytes_is_kept_and_129_refused() -> None:
+    at_limit = "ü" * 64
+    assert validate(request(request_id=at_limit), 10, 0.3).request_id == at_limit
+    assert refused({"request_id": at_limit + "x"}) == (
+        "request_id is longer than 128 bytes (129 bytes): send a shorter id"
+    )
+    assert "(132 bytes)" in refused({"request_id": EMOJI * 33})
+
+
+def test_tail_weight_ends_are_accepted_and_just_outside_refused() -> None:
+    assert validate(request(tail_weight=0.0), 10, 0.3).tail_weight == 0.0
+    assert validate(request(tail_weight=1.0), 10, 0.3).tail_weight == 1.0
+    assert FLOAT32_ABOVE_1 > 1.0
+    assert refused({"tail_weight": FLOAT32_ABOVE_1}).startswith("tail_weight is 1.0000001")
+    assert refused({"tail_weight": -1e-7}).startswith("tail_weight is -1")
+
+
+def test_top_k_zero_is_all_and_minus_one_is_refused() -> None:
+    assert validate(request(top_k=0), 10, 0.3).top_k == 0
+    assert validate(request(top_k=1), 10, 0.3).top_k == 1
+    assert refused({"top_k": -1}) == "top_k is -1: use 0 (all) or a positive number"
+
+
+def test_empty_candidate_list_message() -> None:
+    assert refused({"candidate_ids": []}) == (
+        "candidate_ids is empty: send at least one candidate item id"
+    )
 
 
 def test_status_mapping() -> None:
