@@ -12,6 +12,14 @@ separate process (multiprocessing, spawn) sends Rank calls with ``--candidates``
 for users with full histories, at each concurrency level, and measures client-side
 latency. Figures are medians over ``--repeats`` runs. Two more rows split the cost: the
 Rank handler called in-process (no gRPC, no client) and the ONNX Runtime run alone.
+
+Then the deployment as shipped, ``python -m serving`` started as a real subprocess
+(``benchmarks.processes``): requests/s at 8 in flight with ``--processes 1`` and with
+``--processes N``, the overload row (an open-loop load at twice the multi-process
+saturation rate: p50/p99 of the accepted calls and the share refused with
+RESOURCE_EXHAUSTED), and logging on vs off (``benchmarks.eventlog``'s ``--serving``
+measurement at 1 and 8 in flight). Each row says how much CPU the load generator used
+(its process CPU time over the run's wall time, in cores): it shares the machine.
 """
 
 from __future__ import annotations
@@ -65,6 +73,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ort-threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.add_argument("--workers", type=int, default=16, help="server worker threads")
     p.add_argument("--skip-naive", action="store_true", help="only the cached path")
+    p.add_argument(
+        "--processes", type=int, default=len(os.sched_getaffinity(0)),
+        help="worker processes of the multi-process server (default: the cores)",
+    )  # fmt: skip
+    p.add_argument(
+        "--server-workers", type=int, default=ServerConfig().workers,
+        help="--workers of the subprocess servers (default: the server's default)",
+    )  # fmt: skip
+    p.add_argument("--process-requests", type=int, default=1500, help="calls per run, 8 in flight")
+    p.add_argument("--overload-s", type=float, default=6.0, help="seconds of open-loop load")
+    p.add_argument("--log-requests", type=int, default=600, help="calls per logging on/off run")
+    p.add_argument("--skip-deployment", action="store_true", help="no processes/overload/log rows")
     return p.parse_args(argv)
 
 
@@ -130,22 +150,36 @@ def build_synthetic(tmp: Path, n_items: int, n_users: int) -> tuple[Path, Path]:
 
 
 # --- load generator (runs in the child process) ----------------------------------------
-def drive(target: str, calls: list[tuple[str, list[str]]], concurrency: int) -> dict:
-    """Send ``calls`` with ``concurrency`` threads; return latencies (s) and wall time."""
+def stubs(target: str, n: int) -> list:
+    """``n`` stubs on ``n`` connections: with --processes the kernel picks a worker per
+    connection, so one connection would reach one process only."""
     import grpc
 
-    from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
+    from serving.api.tailrank.v1 import ranking_pb2_grpc
 
-    channel = grpc.insecure_channel(target)
-    grpc.channel_ready_future(channel).result(timeout=30)
-    stub = ranking_pb2_grpc.RankingServiceStub(channel)
+    out = []
+    for _ in range(n):
+        channel = grpc.insecure_channel(target, [("grpc.use_local_subchannel_pool", 1)])
+        grpc.channel_ready_future(channel).result(timeout=30)
+        out.append(ranking_pb2_grpc.RankingServiceStub(channel))
+    return out
+
+
+def drive(
+    target: str, calls: list[tuple[str, list[str]]], concurrency: int, channels: int = 1
+) -> dict:
+    """Send ``calls`` with ``concurrency`` threads (thread i on connection i % channels);
+    return latencies (s), wall time and the CPU this process used (cores)."""
+    from serving.api.tailrank.v1 import ranking_pb2
+
+    clients = stubs(target, channels)
     requests = [ranking_pb2.RankRequest(user_id=u, candidate_ids=c, top_k=20) for u, c in calls]
-    for req in requests[:3]:  # warm the channel
-        stub.Rank(req, timeout=30)
+    for stub in clients:  # warm every connection
+        stub.Rank(requests[0], timeout=30)
     latencies: list[float] = []
     lock, cursor = threading.Lock(), iter(requests)
 
-    def worker() -> None:
+    def worker(stub) -> None:
         while True:
             with lock:
                 req = next(cursor, None)
@@ -156,15 +190,56 @@ def drive(target: str, calls: list[tuple[str, list[str]]], concurrency: int) -> 
             with lock:
                 latencies.append(time.perf_counter() - start)
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    start = time.perf_counter()
+    threads = [
+        threading.Thread(target=worker, args=(clients[i % channels],)) for i in range(concurrency)
+    ]
+    cpu, start = time.process_time(), time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    channel.close()
-    return {"latencies": latencies, "wall": wall}
+    return {"latencies": latencies, "wall": wall, "client_cpu": (time.process_time() - cpu) / wall}
+
+
+def open_loop(
+    target: str, calls: list[tuple[str, list[str]]], rate: float, seconds: float, channels: int
+) -> dict:
+    """Send Rank at ``rate`` calls/s for ``seconds`` whatever the answers (open loop), over
+    ``channels`` connections; latencies of the accepted calls, counts by status code."""
+    import grpc
+
+    from serving.api.tailrank.v1 import ranking_pb2
+
+    clients = stubs(target, channels)
+    requests = [ranking_pb2.RankRequest(user_id=u, candidate_ids=c, top_k=20) for u, c in calls]
+    latencies: list[float] = []
+    codes: dict[str, int] = {}
+    lock, futures = threading.Lock(), []
+
+    def done(sent: float, future) -> None:
+        code = future.code()
+        with lock:
+            codes[code.name] = codes.get(code.name, 0) + 1
+            if code is grpc.StatusCode.OK:
+                latencies.append(time.perf_counter() - sent)
+
+    n = int(rate * seconds)
+    cpu, start = time.process_time(), time.perf_counter()
+    for k in range(n):
+        wait = start + k / rate - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        sent = time.perf_counter()
+        future = clients[k % channels].Rank.future(requests[k % len(requests)], timeout=5)
+        future.add_done_callback(lambda f, sent=sent: done(sent, f))
+        futures.append(future)
+    sending = time.perf_counter() - start
+    for future in futures:
+        future.exception()  # wait for every answer
+    wall = time.perf_counter() - start
+    return {"latencies": latencies, "codes": codes, "sent": n, "rate": n / sending,
+            "client_cpu": (time.process_time() - cpu) / wall}  # fmt: skip
 
 
 # --- orchestration -----------------------------------------------------------------------
@@ -240,6 +315,13 @@ def handler_only(servicer: RankingServicer, calls: list) -> dict[str, float]:
     return {"p50_ms": float(np.median(times)), "p99_ms": float(np.percentile(times, 99))}
 
 
+def percentiles_ms(latencies: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": float(np.percentile(latencies, 50) * 1e3) if latencies else float("nan"),
+        "p99_ms": float(np.percentile(latencies, 99) * 1e3) if latencies else float("nan"),
+    }
+
+
 def run(args: argparse.Namespace, repo: Path, model: Path) -> list[dict]:
     levels = [int(c) for c in args.concurrency.split(",")]
     rows = []
@@ -260,6 +342,26 @@ def run(args: argparse.Namespace, repo: Path, model: Path) -> list[dict]:
     return rows
 
 
+def deployment_rows(args: argparse.Namespace, repo: Path, model: Path, tmp: str) -> list[str]:
+    """Single- vs multi-process, overload and logging on/off lines (see the docstring)."""
+    from benchmarks import processes
+    from benchmarks.eventlog import bench_serving
+
+    calls = make_calls(model, features_dir(repo, args.fs_yaml), args.process_requests,
+                       args.candidates)  # fmt: skip
+    lines = processes.compare(args, repo, model, calls)
+    cpus = os.sched_getaffinity(0)
+    log_args = argparse.Namespace(
+        fs_yaml=args.fs_yaml, requests=args.log_requests, candidates=args.candidates,
+        pin=True, log_url=None, workers=args.workers, concurrency=[1, 8],
+        repeats=args.repeats,
+    )  # fmt: skip
+    lines += ["", "Logging on vs off (benchmarks.eventlog --serving, two in-process servers):"]
+    lines += bench_serving(log_args, repo, model, Path(tmp))
+    os.sched_setaffinity(0, cpus)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -278,12 +380,16 @@ def main(argv: list[str] | None = None) -> None:
             args.fs_yaml = None
         rows = run(args, repo, model)
         floor = model_only(model, args)
+        deployment = [] if args.skip_deployment else deployment_rows(args, repo, model, tmp)
     table = pd.DataFrame(rows).set_index(["path", "concurrency"])
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"Rank, {args.candidates} candidates, 50-item histories, model {model}")
     print(f"{os.cpu_count()} CPUs, load average at the end {load}, ort_threads {args.ort_threads}")
     print(table.round(2).to_string())
     print(f"ONNX Runtime run alone: p50 {floor['p50_ms']:.2f} ms, p99 {floor['p99_ms']:.2f} ms")
+    served = table.loc[("cache", 1), "p50_ms"]
+    print(f"served p50 at 1 in flight / ORT alone p50: {served / floor['p50_ms']:.2f}x")
+    print("\n".join(deployment))
     if not args.skip_naive:
         ratio = table.loc["cache", "rps"] / table.loc["naive", "rps"]  # handler row has no rps
         print("throughput cache/naive by concurrency:", ratio.round(1).to_dict())
