@@ -5,7 +5,7 @@ Part of ``python -m benchmarks.serving`` (which builds the setup and the calls):
 - single vs multi-process: two real servers, ``--processes 1`` and ``--processes N``,
   started side by side (no event log, WARNING logs, the default ``--workers`` and
   ``--max-in-flight`` unless ``--server-workers`` says otherwise) and driven in alternation by the
-  closed-loop load generator of ``benchmarks.serving`` (8 calls in flight over 8
+  closed-loop load generator of ``benchmarks.load`` (8 calls in flight over 8
   connections, since the kernel gives each connection to one worker); medians of
   ``--repeats`` runs and the median of the per-pair ratios;
 - overload: an open-loop load at twice the multi-process server's measured rate, for
@@ -103,7 +103,7 @@ def summary(runs: list[dict]) -> dict[str, float]:
 
 def compare(args: argparse.Namespace, repo: Path, model: Path, calls: list) -> list[str]:
     """Table lines: single vs multi-process at 8 in flight, then the overload row."""
-    from benchmarks.serving import drive, open_loop, percentiles_ms
+    from benchmarks.load import drive, open_loop, percentiles_ms
 
     counts = (1, args.processes)
     servers = {n: start(repo, model, args.fs_yaml, n, args) for n in counts}

@@ -25,13 +25,10 @@ measurement at 1 and 8 in flight). Each row says how much CPU the load generator
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import random
 import statistics
 import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -40,7 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import schema
+from benchmarks.load import drive, features_dir, make_calls
+from benchmarks.synthetic import build_synthetic
 from serving.config import ServerConfig
 from serving.server import RankingServicer, create_server
 
@@ -88,177 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-# --- synthetic setup -------------------------------------------------------------------
-def synthetic_features(out: Path, n_items: int, n_users: int, hist: int, seed: int = 0) -> None:
-    """Random content vectors, Zipf counts, 50-item histories, in the Feast source schema."""
-    rng = np.random.default_rng(seed)
-    now = pd.Timestamp.now(tz="UTC").floor("s")
-    items = [f"i{k}" for k in range(n_items)]
-    counts = pd.Series(rng.zipf(1.3, n_items).clip(0, 5000), index=items)
-    is_tail = schema.head_tail_flags(counts)
-    vecs = rng.normal(size=(n_items, 384)).astype(np.float32)
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    pd.DataFrame({
-        schema.ITEM_ID: items, schema.EVENT_TIMESTAMP: now, schema.CONTENT_VEC: list(vecs),
-        schema.HAS_TEXT: 1, schema.INTERACTION_COUNT: counts.to_numpy(np.int64),
-        schema.POPULARITY_RANK: counts.rank(ascending=False, method="first").astype(np.int64),
-        schema.IS_TAIL: is_tail.to_numpy(np.int64), schema.FIRST_SEEN: now - pd.Timedelta(days=9),
-        schema.TITLE: [f"Item {k}" for k in range(n_items)],
-    }).to_parquet(out / schema.ITEM_FEATURES_FILE)  # fmt: skip
-    histories = [list(rng.choice(items, size=hist, replace=False)) for _ in range(n_users)]
-    pd.DataFrame({
-        schema.USER_ID: [f"u{k}" for k in range(n_users)], schema.EVENT_TIMESTAMP: now,
-        schema.HISTORY: histories, schema.HISTORY_LEN: hist, schema.USER_ATTRIBUTES: "{}",
-    }).to_parquet(out / schema.USER_FEATURES_FILE)  # fmt: skip
-
-
-def synthetic_model(out: Path, items: list[str], users: list[str]) -> None:
-    """An untrained FusionCTR of the default size, exported like training.export does."""
-    from core import contract
-    from training.config import TrainConfig
-    from training.export import export_onnx
-    from training.model import build_model
-
-    config = TrainConfig()
-    export_onnx(build_model(config, len(users), len(items)).eval(), out / contract.ONNX_FILE)
-    (out / contract.VOCAB_FILE).write_text(json.dumps({"users": users, "items": items}))
-    manifest = {
-        "format_version": contract.FORMAT_VERSION, "model_version": "synthetic-untrained",
-        "onnx_file": contract.ONNX_FILE, "vocab_file": contract.VOCAB_FILE,
-        "content_dim": config.content_dim, "history_len": config.history_len,
-        "feature_refs": contract.FEATURE_REFS, **contract.manifest_io(config.content_dim),
-    }  # fmt: skip
-    (out / contract.MANIFEST_FILE).write_text(json.dumps(manifest))
-
-
-def build_synthetic(tmp: Path, n_items: int, n_users: int) -> tuple[Path, Path]:
-    """A materialized Feast repo (copy of feature_repo/) and a model dir under ``tmp``."""
-    import shutil
-
-    from training.feast_repo import materialize_repo
-
-    repo, model = tmp / "feature_repo", tmp / "model"
-    (repo / "data").mkdir(parents=True)
-    model.mkdir()
-    for file in [*(ROOT / "feature_repo").glob("*.py"), ROOT / "feature_repo/feature_store.yaml"]:
-        shutil.copy2(file, repo / file.name)
-    synthetic_features(repo / "data", n_items, n_users, hist=50)
-    materialize_repo(repo, repo / "feature_store.yaml", repo / "data")
-    items = [f"i{k}" for k in range(n_items)]
-    synthetic_model(model, items, [f"u{k}" for k in range(n_users)])
-    return repo, model
-
-
-# --- load generator (runs in the child process) ----------------------------------------
-def stubs(target: str, n: int) -> list:
-    """``n`` stubs on ``n`` connections: with --processes the kernel picks a worker per
-    connection, so one connection would reach one process only."""
-    import grpc
-
-    from serving.api.tailrank.v1 import ranking_pb2_grpc
-
-    out = []
-    for _ in range(n):
-        channel = grpc.insecure_channel(target, [("grpc.use_local_subchannel_pool", 1)])
-        grpc.channel_ready_future(channel).result(timeout=30)
-        out.append(ranking_pb2_grpc.RankingServiceStub(channel))
-    return out
-
-
-def drive(
-    target: str, calls: list[tuple[str, list[str]]], concurrency: int, channels: int = 1
-) -> dict:
-    """Send ``calls`` with ``concurrency`` threads (thread i on connection i % channels);
-    return latencies (s), wall time and the CPU this process used (cores)."""
-    from serving.api.tailrank.v1 import ranking_pb2
-
-    clients = stubs(target, channels)
-    requests = [ranking_pb2.RankRequest(user_id=u, candidate_ids=c, top_k=20) for u, c in calls]
-    for stub in clients:  # warm every connection
-        stub.Rank(requests[0], timeout=30)
-    latencies: list[float] = []
-    lock, cursor = threading.Lock(), iter(requests)
-
-    def worker(stub) -> None:
-        while True:
-            with lock:
-                req = next(cursor, None)
-            if req is None:
-                return
-            start = time.perf_counter()
-            stub.Rank(req, timeout=30)
-            with lock:
-                latencies.append(time.perf_counter() - start)
-
-    threads = [
-        threading.Thread(target=worker, args=(clients[i % channels],)) for i in range(concurrency)
-    ]
-    cpu, start = time.process_time(), time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
-    return {"latencies": latencies, "wall": wall, "client_cpu": (time.process_time() - cpu) / wall}
-
-
-def open_loop(
-    target: str, calls: list[tuple[str, list[str]]], rate: float, seconds: float, channels: int
-) -> dict:
-    """Send Rank at ``rate`` calls/s for ``seconds`` whatever the answers (open loop), over
-    ``channels`` connections; latencies of the accepted calls, counts by status code."""
-    import grpc
-
-    from serving.api.tailrank.v1 import ranking_pb2
-
-    clients = stubs(target, channels)
-    requests = [ranking_pb2.RankRequest(user_id=u, candidate_ids=c, top_k=20) for u, c in calls]
-    latencies: list[float] = []
-    codes: dict[str, int] = {}
-    lock, futures = threading.Lock(), []
-
-    def done(sent: float, future) -> None:
-        code = future.code()
-        with lock:
-            codes[code.name] = codes.get(code.name, 0) + 1
-            if code is grpc.StatusCode.OK:
-                latencies.append(time.perf_counter() - sent)
-
-    n = int(rate * seconds)
-    cpu, start = time.process_time(), time.perf_counter()
-    for k in range(n):
-        wait = start + k / rate - time.perf_counter()
-        if wait > 0:
-            time.sleep(wait)
-        sent = time.perf_counter()
-        future = clients[k % channels].Rank.future(requests[k % len(requests)], timeout=5)
-        future.add_done_callback(lambda f, sent=sent: done(sent, f))
-        futures.append(future)
-    sending = time.perf_counter() - start
-    for future in futures:
-        future.exception()  # wait for every answer
-    wall = time.perf_counter() - start
-    return {"latencies": latencies, "codes": codes, "sent": n, "rate": n / sending,
-            "client_cpu": (time.process_time() - cpu) / wall}  # fmt: skip
-
-
 # --- orchestration -----------------------------------------------------------------------
-def features_dir(repo: Path, fs_yaml: Path | None) -> Path:
-    """The store's Parquet sources: beside a data set's own config (training.feast_repo
-    writes it into the data set's features folder), else the repo's data/."""
-    return fs_yaml.parent if fs_yaml is not None else repo / "data"
-
-
-def make_calls(model_dir: Path, features: Path, n: int, n_cands: int, seed: int = 1) -> list:
-    """Rank calls for users with full histories and random vocab candidates."""
-    vocab = json.loads((model_dir / "vocab.json").read_text())
-    users = pd.read_parquet(features / schema.USER_FEATURES_FILE)
-    users = users[users[schema.HISTORY].map(len) >= 50][schema.USER_ID].astype(str).tolist()
-    users = users or [str(u) for u in vocab["users"]]
-    rng = random.Random(seed)
-    return [(rng.choice(users), rng.sample(vocab["items"], n_cands)) for _ in range(n)]
-
-
 def start(repo: Path, model: Path, cache: bool, args: argparse.Namespace):
     from serving.__main__ import build_servicer
 
@@ -315,13 +143,6 @@ def handler_only(servicer: RankingServicer, calls: list) -> dict[str, float]:
     return {"p50_ms": float(np.median(times)), "p99_ms": float(np.percentile(times, 99))}
 
 
-def percentiles_ms(latencies: list[float]) -> dict[str, float]:
-    return {
-        "p50_ms": float(np.percentile(latencies, 50) * 1e3) if latencies else float("nan"),
-        "p99_ms": float(np.percentile(latencies, 99) * 1e3) if latencies else float("nan"),
-    }
-
-
 def run(args: argparse.Namespace, repo: Path, model: Path) -> list[dict]:
     levels = [int(c) for c in args.concurrency.split(",")]
     rows = []
@@ -345,7 +166,7 @@ def run(args: argparse.Namespace, repo: Path, model: Path) -> list[dict]:
 def deployment_rows(args: argparse.Namespace, repo: Path, model: Path, tmp: str) -> list[str]:
     """Single- vs multi-process, overload and logging on/off lines (see the docstring)."""
     from benchmarks import processes
-    from benchmarks.eventlog import bench_serving
+    from benchmarks.eventlog import bench_serving  # imports benchmarks.load, not this module
 
     calls = make_calls(model, features_dir(repo, args.fs_yaml), args.process_requests,
                        args.candidates)  # fmt: skip

@@ -29,7 +29,6 @@ indexes when missing; see docs/EVENTS.md for the schema and the queries.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -51,6 +50,7 @@ from serving.eventschema import (
     impressions,
     make_engine,
 )
+from serving.metrics import multiprocess_mode
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ class EventLog:
         # retrying a down database (one event log per process; the newest one reports).
         # Multiprocess mode has no set_function: there the writer publishes the depth
         # each time it wakes (every flush_interval_s) and each time it retries.
-        self._publish_depth = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self._publish_depth = multiprocess_mode()
         if not self._publish_depth:
             QUEUE_DEPTH.set_function(lambda: self._pending)
         self._writer = threading.Thread(target=self._run, name="eventlog-writer", daemon=True)

@@ -13,10 +13,16 @@ the model is a gauge of value 1 with labels, and every gauge says how processes 
 from __future__ import annotations
 
 import logging
-import os
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+    values,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +94,14 @@ def set_model(version: str, provider: str) -> None:
     MODEL_LOADED.set_to_current_time()
 
 
-def multiprocess_dir() -> str | None:
-    """The folder of multiprocess mode, when this process runs in it."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+def multiprocess_mode() -> bool:
+    """True when this process's metric values live in multiprocess-mode files.
+
+    prometheus_client decides once, when it is first imported, from
+    ``PROMETHEUS_MULTIPROC_DIR``; the variable alone proves nothing afterwards (importing
+    feast sets it when it is missing).
+    """
+    return values.ValueClass is not values.MutexValue
 
 
 def start_metrics_server(

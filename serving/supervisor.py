@@ -12,7 +12,7 @@ store's tables, the hook for a shared item table), then starts each worker as
 gRPC, ONNX Runtime or Feast state is ever copied by a fork.
 
 - Metrics: prometheus_client multiprocess mode. Workers write their values under
-  ``PROMETHEUS_MULTIPROC_DIR`` (the caller's, emptied at start, or a temporary folder);
+  ``PROMETHEUS_MULTIPROC_DIR``, a fresh temporary folder the supervisor removes at exit;
   the supervisor serves ``/metrics`` on ``--metrics-port`` with every process summed, plus
   its own ``tailrank_worker_restarts_total`` and ``tailrank_workers{state}``.
 - Health: each worker answers grpc.health.v1 for itself, SERVING once it is warm.
@@ -100,16 +100,15 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
         sock.close()
 
 
-@contextmanager
-def metrics_dir(workdir: Path) -> Iterator[Path]:
-    """The multiprocess-mode folder: the caller's ``PROMETHEUS_MULTIPROC_DIR`` (emptied,
-    as prometheus_client requires between runs) or a fresh one under ``workdir``."""
-    given = os.environ.get(MULTIPROC_ENV)
-    path = Path(given) if given else workdir / "metrics"
-    path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.db"):
-        stale.unlink()
-    yield path
+def metrics_dir(workdir: Path) -> Path:
+    """A fresh folder for multiprocess mode (prometheus_client wants it empty at start).
+
+    Always our own: a ``PROMETHEUS_MULTIPROC_DIR`` already in the environment cannot be
+    told from the one importing feast sets for itself.
+    """
+    path = workdir / "metrics"
+    path.mkdir()
+    return path
 
 
 def prepare_event_store(config: ServerConfig) -> None:
@@ -327,7 +326,8 @@ def supervise(config: ServerConfig) -> int:
     """Run ``config.process_count`` workers until SIGTERM; the process's exit code."""
     workdir = Path(tempfile.mkdtemp(prefix="tailrank-serving-"))
     try:
-        with reserve_port(config.host, config.port) as port, metrics_dir(workdir) as folder:
+        with reserve_port(config.host, config.port) as port:
+            folder = metrics_dir(workdir)
             os.environ[MULTIPROC_ENV] = str(folder)  # for mark_process_dead and the workers
             prepare_event_store(config)
             supervisor = Supervisor(config, port, shared_state(config, workdir))
