@@ -110,9 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
-    if config.process_count > 1 and not os.environ.get(SUPERVISOR_PID_ENV):
-        return supervise(config)
+    supervising = config.process_count > 1 and not os.environ.get(SUPERVISOR_PID_ENV)
     try:
+        if supervising:
+            return supervise(config)
         serve(config)
     except ConfigError as exc:
         log.error("event=bad_config error=%s", exc)

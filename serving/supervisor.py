@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serving.config import ServerConfig, to_argv
-from serving.errors import ConfigError, TailrankError
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +322,11 @@ def serve_metrics(supervisor: Supervisor, port: int, folder: Path) -> None:
 
 
 def supervise(config: ServerConfig) -> int:
-    """Run ``config.process_count`` workers until SIGTERM; the process's exit code."""
+    """Run ``config.process_count`` workers until SIGTERM; the process's exit code.
+
+    Raises ConfigError / TailrankError / OSError before any worker starts (bad config, an
+    event store or port not to be had), as ``serve`` does.
+    """
     workdir = Path(tempfile.mkdtemp(prefix="tailrank-serving-"))
     try:
         with reserve_port(config.host, config.port) as port:
@@ -337,11 +340,5 @@ def supervise(config: ServerConfig) -> int:
             code = supervisor.run()
             log.info("event=stopped code=%d", code)
             return code
-    except ConfigError as exc:
-        log.error("event=bad_config error=%s", exc)
-        return 2
-    except (TailrankError, OSError) as exc:
-        log.error("event=start_failed error=%s", exc)
-        return 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
