@@ -16,7 +16,7 @@ server (skipped with a note when it is unreachable).
 
 ``--serving`` measures what logging costs the server: two real servers in this process
 (event log off, and on with a SQLite file), driven in turn by the load generator of
-``benchmarks.serving`` (a separate process, Rank with ``--candidates`` candidates and
+``benchmarks.load`` (a separate process, Rank with ``--candidates`` candidates and
 top_k 20). Each repeat is a pair of runs, off then on, or on then off every other
 repeat (so a drifting machine load hits both alike), and each pair gives one on/off
 ratio of requests per second and of server CPU per request; the table prints the median
@@ -27,7 +27,7 @@ measured directly rather than as a small difference of two noisy throughputs. Wi
 and the load generator on the others, as a client on another host would: on a shared
 2-core box the client's own CPU otherwise competes with the servers, and the ratio
 mixes the client's cost into the server's.
-Without ``--repo``/``--model`` it builds ``benchmarks.serving``'s synthetic setup.
+Without ``--repo``/``--model`` it builds ``benchmarks.synthetic``'s setup.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def one_serving_run(pool, target: str, calls: list, level: int) -> tuple[float, 
     CPU is this process's CPU time (the servers; the client runs in another process),
     read after a pause that lets the writer flush, so logging's full cost is counted.
     """
-    from benchmarks.serving import drive
+    from benchmarks.load import drive
 
     cpu = time.process_time()
     run = pool.submit(drive, target, calls, level).result()
@@ -200,7 +200,7 @@ def bench_serving(args: argparse.Namespace, repo: Path, model: Path, tmp: Path) 
     """Table lines: Rank throughput and server CPU with the event log off and on."""
     from multiprocessing import get_context
 
-    from benchmarks.serving import features_dir, make_calls
+    from benchmarks.load import features_dir, make_calls
 
     calls = make_calls(model, features_dir(repo, args.fs_yaml), args.requests, args.candidates)
     cpus = sorted(os.sched_getaffinity(0))
@@ -242,7 +242,7 @@ def bench_serving(args: argparse.Namespace, repo: Path, model: Path, tmp: Path) 
 
 def serving_main(args: argparse.Namespace) -> list[str]:
     """Run ``bench_serving`` on the given artifacts or on a synthetic setup."""
-    from benchmarks.serving import build_synthetic
+    from benchmarks.synthetic import build_synthetic
 
     with tempfile.TemporaryDirectory(prefix="tailrank-bench-") as tmp_name:
         tmp = Path(tmp_name)

@@ -1,17 +1,21 @@
 """Run the tailrank gRPC ranking server (the only place that blocks).
 
     python -m serving --repo feature_repo --model artifacts/movielens-100k --port 50051
+    python -m serving --processes 2 ...   # a supervisor and 2 worker processes, one port
 
 Start-up: load manifest + ONNX once, check the provider, fill the item cache from the
 online store, warm up, then health SERVING. SIGHUP reloads the item cache; SIGTERM/SIGINT
 turn health NOT_SERVING, stop taking calls, let in-flight ones finish within --grace-s,
-then flush the event log. See docs/SERVING.md.
+then flush the event log. With ``--processes`` above 1 (the default is one per core) this
+process becomes the supervisor of serving.supervisor and each worker it starts runs
+``serve`` with SO_REUSEPORT. See docs/SERVING.md.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
@@ -23,11 +27,13 @@ from serving.errors import ConfigError, TailrankError
 from serving.features import FeatureClient
 from serving.inference import Model
 from serving.server import RankingServicer, RequestIdFilter, create_server
+from serving.supervisor import READY_FD_ENV, SUPERVISOR_PID_ENV, supervise
 
 log = logging.getLogger("serving")
 
 LOG_FORMAT = (
-    "ts=%(asctime)s level=%(levelname)s logger=%(name)s request_id=%(request_id)s %(message)s"
+    "ts=%(asctime)s level=%(levelname)s pid=%(process)d logger=%(name)s "
+    "request_id=%(request_id)s %(message)s"
 )
 
 
@@ -55,28 +61,45 @@ def build_servicer(config: ServerConfig) -> RankingServicer:
 
 
 def serve(config: ServerConfig) -> None:
-    """Start everything, then block until SIGTERM/SIGINT and shut down gracefully."""
+    """Start everything, then block until SIGTERM/SIGINT and shut down gracefully.
+
+    Run by a worker of ``--processes N`` too: it then binds with SO_REUSEPORT, leaves
+    /metrics to the supervisor, tells it when it is ready, and stops when it is orphaned.
+    """
+    supervisor = int(os.environ.get(SUPERVISOR_PID_ENV, "0"))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # also while starting up
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     servicer = build_servicer(config)
     servicer.features.check_store()
     servicer.start()
     gc.collect()
     gc.freeze()  # start-up objects (Feast registry, cache) leave the GC's scans: fewer pauses
-    if config.metrics_port >= 0:
+    if config.metrics_port >= 0 and not supervisor:
         metrics.start_metrics_server(config.metrics_port)
-    server, port = create_server(config, servicer)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server, port = create_server(config, servicer, reuse_port=bool(supervisor))
     signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=servicer.refresh_cache).start())
+    metrics.PROCESS_UP.set(1)
     log.info("event=ready port=%d provider=%s", port, servicer.model.provider)
+    _tell_ready(os.environ.get(READY_FD_ENV))
     while not stop.wait(1.0):
-        pass
+        if supervisor and os.getppid() != supervisor:
+            log.error("event=orphaned supervisor_pid=%d (it died): shutting down", supervisor)
+            break
+    metrics.PROCESS_UP.set(0)
     log.info("event=shutdown grace_s=%.1f", config.grace_s)
     servicer.shutting_down()
     server.stop(config.grace_s).wait()
     if servicer.event_log is not None:
         servicer.event_log.close()
     log.info("event=stopped")
+
+
+def _tell_ready(fd: str | None) -> None:
+    """Write one byte on the supervisor's ready pipe (when there is one) and close it."""
+    if fd:
+        os.write(int(fd), b"1")
+        os.close(int(fd))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,7 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level)
+    supervising = config.process_count > 1 and not os.environ.get(SUPERVISOR_PID_ENV)
     try:
+        if supervising:
+            return supervise(config)
         serve(config)
     except ConfigError as exc:
         log.error("event=bad_config error=%s", exc)

@@ -35,7 +35,9 @@ class ServerConfig:
     provider: str = "auto"  # ONNX Runtime provider: auto (CUDA when present), cpu or cuda
     max_candidates: int = 1000  # requests with more candidates are INVALID_ARGUMENT
     tail_weight: float = 0.1  # default long-tail weight (lambda) in [0, 1]; docs/SERVING.md
-    workers: int = 8  # gRPC worker threads (concurrent requests in flight)
+    workers: int = 8  # gRPC worker threads per process (requests being handled at once)
+    processes: int = 0  # server processes on one port (SO_REUSEPORT); 0 = one per core
+    max_in_flight: int = 0  # per process: more RPCs at once get RESOURCE_EXHAUSTED; 0 = 2 x workers
     ort_threads: int = 1  # ONNX Runtime intra-op threads per run; 0 lets ORT choose
     item_cache: bool = True  # False: fetch every candidate from Feast per request (naive)
     cache_refresh_s: float = 0.0  # reload the item cache every N seconds; 0 = only on SIGHUP
@@ -57,12 +59,27 @@ class ServerConfig:
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR: {self.log_level}")
         if self.ort_threads < 0 or self.cache_refresh_s < 0 or self.grace_s < 0:
             raise ConfigError("ort_threads, cache_refresh_s and grace_s must be >= 0")
+        if self.processes < 0 or self.max_in_flight < 0:
+            raise ConfigError(
+                "processes and max_in_flight must be >= 0 (0 = one process per core, "
+                f"2 x workers in flight); got {self.processes} and {self.max_in_flight}"
+            )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in [0, 65535] (0 = any free port), got {self.port}")
         if not -1 <= self.metrics_port <= 65535:
             raise ConfigError(
                 f"metrics_port must be in [-1, 65535] (-1 = off), got {self.metrics_port}"
             )
+
+    @property
+    def process_count(self) -> int:
+        """Server processes to run: ``processes``, or the cores this process may use."""
+        return self.processes or len(os.sched_getaffinity(0))
+
+    @property
+    def in_flight_limit(self) -> int:
+        """RPCs one process handles or queues at once; past it, RESOURCE_EXHAUSTED."""
+        return self.max_in_flight or 2 * self.workers
 
 
 def _flag(name: str) -> str:
@@ -126,6 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-event-log", action="store_true", help="do not log impressions or feedback"
     )
     return parser
+
+
+def to_argv(config: ServerConfig) -> list[str]:
+    """Flags that make ``load_config`` return ``config`` again (whatever the environment)."""
+    argv: list[str] = []
+    for field in dataclasses.fields(ServerConfig):
+        value = getattr(config, field.name)
+        if str(field.type) == "bool":
+            argv.append(_flag(field.name) if value else "--no-" + _flag(field.name)[2:])
+        elif value is None:  # fs_yaml: absent; event_log_url: off
+            argv += ["--no-event-log"] if field.name == "event_log_url" else []
+        else:
+            argv += [_flag(field.name), str(value)]
+    return argv
 
 
 def load_config(

@@ -33,6 +33,12 @@ class FailedPrecondition(TailrankError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class DeadlineExceeded(TailrankError):
+    """The caller's deadline passed before the work started: nobody waits for the answer."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class ConfigError(Exception):
     """Bad server configuration found at start-up; the message says what to change."""
 

@@ -50,6 +50,7 @@ from serving.eventschema import (
     impressions,
     make_engine,
 )
+from serving.metrics import multiprocess_mode
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,11 @@ ROWS_DROPPED = Counter(
 WRITE_ERRORS = Counter(
     "tailrank_eventlog_write_errors", "Failed event-log writes (each retry counts once)."
 )
-QUEUE_DEPTH = Gauge("tailrank_eventlog_queue_depth", "Impression rows waiting to be written.")
+QUEUE_DEPTH = Gauge(
+    "tailrank_eventlog_queue_depth",
+    "Impression rows waiting to be written.",
+    multiprocess_mode="livesum",  # --processes N: each worker has its own queue
+)
 
 
 class Impression(NamedTuple):
@@ -260,8 +265,12 @@ class EventLog:
         self._deadline = float("inf")  # set by close(): give up retrying after it
         self._insert_sql = _InsertSql(self.engine.dialect)
         # read when scraped: no per-call cost, and current while the writer is stuck
-        # retrying a down database (one event log per process; the newest one reports)
-        QUEUE_DEPTH.set_function(lambda: self._pending)
+        # retrying a down database (one event log per process; the newest one reports).
+        # Multiprocess mode has no set_function: there the writer publishes the depth
+        # each time it wakes (every flush_interval_s) and each time it retries.
+        self._publish_depth = multiprocess_mode()
+        if not self._publish_depth:
+            QUEUE_DEPTH.set_function(lambda: self._pending)
         self._writer = threading.Thread(target=self._run, name="eventlog-writer", daemon=True)
         self._writer.start()
 
@@ -310,6 +319,8 @@ class EventLog:
                 self._wake.clear()
             while batch := self._take_batch():
                 self._write_with_retry(batch)
+            if self._publish_depth:
+                QUEUE_DEPTH.set(self._pending)
             self.writer_cpu_s += time.thread_time() - started
             if stopping:
                 return
@@ -339,6 +350,8 @@ class EventLog:
                     self._write_rows_alone(batch, exc)
                     return
                 log.warning("event store write failed, retrying in %.2fs: %s", delay, exc)
+                if self._publish_depth:
+                    QUEUE_DEPTH.set(self._pending + len(batch))
                 time.sleep(max(0.0, min(delay, self._deadline - time.monotonic())))
                 delay = min(delay * 2, self.retry_max_s)
 

@@ -2,6 +2,12 @@
 
 The default registry is used on purpose: the event log's counters (serving.eventlog) show
 up on the same endpoint. Scrape ``http://<host>:<metrics-port>/metrics``.
+
+With several server processes (``--processes``) prometheus_client runs in multiprocess
+mode: the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before a worker starts, each worker
+writes its values to files there, and the supervisor's endpoint sums them
+(``serve_multiprocess``). That mode has no Info metrics and no ``Gauge.set_function``, so
+the model is a gauge of value 1 with labels, and every gauge says how processes combine.
 """
 
 from __future__ import annotations
@@ -9,7 +15,14 @@ from __future__ import annotations
 import logging
 
 import grpc
-from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+    values,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +43,9 @@ CANDIDATES = Histogram(
 )
 CACHE_HITS = Counter("tailrank_item_cache_hits_total", "Item lookups served by the cache")
 CACHE_MISSES = Counter("tailrank_item_cache_misses_total", "Item lookups sent to Feast")
-CACHE_ITEMS = Gauge("tailrank_item_cache_items", "Items held in the in-process cache")
+CACHE_ITEMS = Gauge(
+    "tailrank_item_cache_items", "Items held in the in-process cache", multiprocess_mode="livemax"
+)
 CACHE_REFRESHES = Counter(
     "tailrank_item_cache_refreshes_total", "Cache reloads from the online store", ["result"]
 )
@@ -43,8 +58,25 @@ TAIL_SHARE = Histogram(
 )
 COLD_USERS = Counter("tailrank_cold_users_total", "Rank requests for users unknown to Feast")
 UNSCORED = Counter("tailrank_unscored_items_total", "Candidates that could not be scored")
-MODEL = Info("tailrank_model", "The model being served")
-MODEL_LOADED = Gauge("tailrank_model_loaded_timestamp_seconds", "When the model was loaded")
+# an Info metric in form (value 1, the facts as labels), which multiprocess mode can sum
+MODEL = Gauge(
+    "tailrank_model_info", "The model being served", ["version", "provider"],
+    multiprocess_mode="livemax",
+)  # fmt: skip
+MODEL_LOADED = Gauge(
+    "tailrank_model_loaded_timestamp_seconds", "When the model was loaded",
+    multiprocess_mode="livemax",
+)  # fmt: skip
+EXPIRED = Counter(
+    "tailrank_deadline_expired_total",
+    "RPCs not worked on because the caller's deadline had passed",
+    ["method"],
+)
+PROCESS_UP = Gauge(
+    "tailrank_process_up",
+    "1 per server process that is SERVING (one series per pid with --processes > 1)",
+    multiprocess_mode="liveall",
+)
 
 
 def observe_rpc(method: str, code: grpc.StatusCode, seconds: float) -> None:
@@ -58,13 +90,26 @@ def observe_rpc(method: str, code: grpc.StatusCode, seconds: float) -> None:
 
 def set_model(version: str, provider: str) -> None:
     """Publish which model (and ONNX Runtime provider) is serving."""
-    MODEL.info({"version": version, "provider": provider})
+    MODEL.labels(version, provider).set(1)
     MODEL_LOADED.set_to_current_time()
 
 
-def start_metrics_server(port: int, addr: str = "0.0.0.0") -> int:
+def multiprocess_mode() -> bool:
+    """True when this process's metric values live in multiprocess-mode files.
+
+    prometheus_client decides once, when it is first imported, from
+    ``PROMETHEUS_MULTIPROC_DIR``; the variable alone proves nothing afterwards (importing
+    feast sets it when it is missing).
+    """
+    return values.ValueClass is not values.MutexValue
+
+
+def start_metrics_server(
+    port: int, addr: str = "0.0.0.0", registry: CollectorRegistry | None = None
+) -> int:
     """Serve /metrics on ``port`` (0 = a free port) in a daemon thread; returns the port."""
-    httpd, _ = start_http_server(port, addr=addr)
+    kwargs = {} if registry is None else {"registry": registry}
+    httpd, _ = start_http_server(port, addr=addr, **kwargs)
     bound = int(httpd.server_address[1])
     log.info("event=metrics_listening port=%d", bound)
     return bound

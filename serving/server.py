@@ -5,6 +5,11 @@ reflection, binds ``config.host:config.port`` (0 = a free port) and returns
 ``(server, port)``. The servicer gets its feature client, model and event log in
 ``__init__`` so a test can start it on port 0. Every handler catches everything and maps
 it to a status code in one place (``_handle``); no request can crash the process.
+
+Overload: the server takes at most ``config.in_flight_limit`` RPCs at once (gRPC's
+``maximum_concurrent_rpcs``: one more is RESOURCE_EXHAUSTED at once, not queued), and a
+Rank whose deadline has passed while it waited for a thread is answered
+DEADLINE_EXCEEDED without being scored (``tailrank_deadline_expired_total``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from core.ids import MAX_ID_BYTES, MAX_REQUEST_ID_BYTES, id_problem
 from serving import metrics
 from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
 from serving.config import ServerConfig
-from serving.errors import FailedPrecondition, InvalidArgument, status_for
+from serving.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, status_for
 from serving.eventlog import Impression, parse_feedback
 from serving.features import FeatureClient
 from serving.inference import Model
@@ -36,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name
 UNKNOWN_ITEM = "unknown item: not in the feature store"
+MIN_TIME_LEFT_S = 0.001  # less than this left of the caller's deadline: do not start scoring
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
@@ -141,7 +147,9 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
 
     # --- RPCs ----------------------------------------------------------------------------
     def Rank(self, request, context):  # noqa: N802 (gRPC method name)
-        return _handle("Rank", context, ranking_pb2.RankResponse, lambda: self._rank(request))
+        return _handle(
+            "Rank", context, ranking_pb2.RankResponse, lambda: self._rank(request, context)
+        )
 
     def Feedback(self, request, context):  # noqa: N802
         return _handle(
@@ -154,10 +162,13 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         accepted = self.event_log.record_feedback(parse_feedback(request))
         return ranking_pb2.FeedbackResponse(accepted=accepted)
 
-    def _rank(self, request: ranking_pb2.RankRequest) -> ranking_pb2.RankResponse:
+    def _rank(
+        self, request: ranking_pb2.RankRequest, context: grpc.ServicerContext | None = None
+    ) -> ranking_pb2.RankResponse:
         REQUEST_ID.set(request.request_id[:MAX_REQUEST_ID_BYTES] or "-")
         args = validate(request, self.config.max_candidates, self.config.tail_weight)
         REQUEST_ID.set(args.request_id)
+        _check_deadline("Rank", context)
         metrics.CANDIDATES.observe(len(args.candidates))
         ranking = self.ranker.rank(args)
         response = ranking_pb2.RankResponse(
@@ -201,6 +212,18 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
             log.warning("event=impressions_dropped rows=%d (event-log queue full)", len(rows))
 
 
+def _check_deadline(method: str, context: grpc.ServicerContext | None) -> None:
+    """Raise DeadlineExceeded (and count it) when the caller has stopped waiting.
+
+    Under overload a call can wait in the thread pool's queue past its deadline; scoring
+    it then would only take a thread from a call that can still be answered in time.
+    """
+    if context is None or context.time_remaining() > MIN_TIME_LEFT_S:  # no deadline: inf
+        return
+    metrics.EXPIRED.labels(method).inc()
+    raise DeadlineExceeded("the deadline passed before the request was scored: not scored")
+
+
 def _fill_items(response: ranking_pb2.RankResponse, ranking: Ranking, args: RankArgs) -> None:
     """The ranked items (and their score parts when asked) into the response; tail metrics."""
     for j, item_id in enumerate(ranking.ids):
@@ -240,9 +263,20 @@ def _handle(method: str, context: grpc.ServicerContext, empty: type, call: Calla
         REQUEST_ID.reset(token)
 
 
-def create_server(config: ServerConfig, servicer: RankingServicer) -> tuple[grpc.Server, int]:
-    """Register RankingService, health and reflection; bind; start; return (server, port)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers))
+def create_server(
+    config: ServerConfig, servicer: RankingServicer, reuse_port: bool = False
+) -> tuple[grpc.Server, int]:
+    """Register RankingService, health and reflection; bind; start; return (server, port).
+
+    ``reuse_port``: bind with SO_REUSEPORT, so that the other worker processes of
+    ``--processes N`` bind the same port and the kernel spreads connections over them.
+    Off, a port some other server holds is an error rather than shared traffic.
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.workers),
+        maximum_concurrent_rpcs=config.in_flight_limit,
+        options=[("grpc.so_reuseport", int(reuse_port))],
+    )
     ranking_pb2_grpc.add_RankingServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(servicer.health, server)
     names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)

@@ -1,4 +1,5 @@
-"""`python -m serving` as a real process: SIGHUP reloads the cache, SIGTERM drains.
+"""`python -m serving --processes 1` as a real process: SIGHUP reloads the cache, SIGTERM
+drains (several processes: tests/test_serving_processes.py).
 
 An exclusive SQLite lock on the online store holds one Rank call inside the server (the
 user lookup waits on the lock), SIGTERM arrives, the lock is released: the call must end
@@ -56,8 +57,8 @@ def test_sigterm_lets_in_flight_call_finish(
 ) -> None:
     port = free_port()
     argv = [sys.executable, "-m", "serving", "--repo", str(tiny_feature_repo), "--model",
-            str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port),
-            "--metrics-port", "-1", "--no-event-log", "--grace-s", "20"]  # fmt: skip
+            str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port), "--processes",
+            "1", "--metrics-port", "-1", "--no-event-log", "--grace-s", "20"]  # fmt: skip
     log_path = tmp_path / "server.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with open(log_path, "w") as log_file:

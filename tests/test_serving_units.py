@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from serving.api.tailrank.v1 import ranking_pb2
-from serving.config import ServerConfig, load_config
+from serving.config import ServerConfig, load_config, to_argv
 from serving.errors import ConfigError, InvalidArgument, Unavailable, status_for
 from serving.inference import CPU, CUDA, check_running, choose_providers
 from serving.server import validate
@@ -49,6 +49,24 @@ def test_bad_config_says_what_to_change(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(argv, env={})
     assert message in str(err.value)
+
+
+def test_to_argv_round_trips_whatever_the_environment() -> None:
+    config = ServerConfig(
+        fs_yaml=Path("f.yaml"), item_cache=False, event_log_url=None, processes=3,
+        max_in_flight=7, tail_weight=0.25,
+    )  # fmt: skip
+    env = {"TAILRANK_ITEM_CACHE": "true", "TAILRANK_EVENT_LOG_URL": "sqlite:///x.db"}
+    assert load_config(to_argv(config), env=env) == config
+    assert load_config(to_argv(ServerConfig()), env=env) == ServerConfig()
+
+
+def test_processes_and_in_flight_defaults() -> None:
+    config = ServerConfig(workers=6)
+    assert config.in_flight_limit == 12 and ServerConfig(max_in_flight=3).in_flight_limit == 3
+    assert config.process_count >= 1 and ServerConfig(processes=2).process_count == 2
+    with pytest.raises(ConfigError, match="processes and max_in_flight must be >= 0"):
+        load_config(["--max-in-flight", "-1"], env={})
 
 
 def test_bad_bool_env_is_rejected() -> None:
