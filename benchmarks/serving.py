@@ -4,6 +4,8 @@
     python -m benchmarks.serving --repo feature_repo --model artifacts/movielens-100k \\
         --fs-yaml feature_repo/data/movielens-100k/feature_store.yaml
     python -m benchmarks.serving --synthetic --concurrency 1,4,16 --repeats 3
+    python -m benchmarks.serving --synthetic --concurrency 1 --repeats 5 --skip-naive \\
+        --new-items 0.1 --setup-dir /tmp/tailrank-bench   # 10% candidates new to the model
 
 Two real servers run in this process on loopback: the normal one (item features from the
 in-process cache) and the naive one (``item_cache=False``: every candidate's and history
@@ -11,7 +13,13 @@ item's features come from ``get_online_features`` on each request). A load gener
 separate process (multiprocessing, spawn) sends Rank calls with ``--candidates`` candidates
 for users with full histories, at each concurrency level, and measures client-side
 latency. Figures are medians over ``--repeats`` runs. Two more rows split the cost: the
-Rank handler called in-process (no gRPC, no client) and the ONNX Runtime run alone.
+Rank handler called in-process (no gRPC, no client) and the ONNX Runtime run alone; the
+last lines give served p50 / ORT-alone p50 (the share of a request that is not the model).
+
+``--new-items F`` makes a share F of the synthetic catalogue unknown to the model (in the
+online store, not in the vocabulary: products added since training) and of every call's
+candidates. ``--setup-dir`` keeps the synthetic setup so runs of two code versions (e.g.
+a worktree of main with this file copied in) compare on the same data.
 """
 
 from __future__ import annotations
@@ -65,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ort-threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.add_argument("--workers", type=int, default=16, help="server worker threads")
     p.add_argument("--skip-naive", action="store_true", help="only the cached path")
+    p.add_argument(
+        "--new-items", type=float, default=0.0,
+        help="share of synthetic items (and of each call's candidates) in the store but not "
+        "in the model vocabulary",
+    )  # fmt: skip
+    p.add_argument("--setup-dir", type=Path, help="build the synthetic setup here once, reuse it")
     return p.parse_args(argv)
 
 
@@ -111,21 +125,32 @@ def synthetic_model(out: Path, items: list[str], users: list[str]) -> None:
     (out / contract.MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
-def build_synthetic(tmp: Path, n_items: int, n_users: int) -> tuple[Path, Path]:
-    """A materialized Feast repo (copy of feature_repo/) and a model dir under ``tmp``."""
+def build_synthetic(
+    tmp: Path, n_items: int, n_users: int, new_share: float = 0.0
+) -> tuple[Path, Path]:
+    """A materialized Feast repo (copy of feature_repo/) and a model dir under ``tmp``; the
+    last ``new_share`` of the items are in the store but not in the model's vocabulary.
+    A setup already built in ``tmp`` (same sizes) is reused."""
     import shutil
 
     from training.feast_repo import materialize_repo
 
     repo, model = tmp / "feature_repo", tmp / "model"
+    stamp = tmp / "setup.json"
+    want = {"items": n_items, "users": n_users, "new_share": new_share}
+    if stamp.is_file() and json.loads(stamp.read_text()) == want:
+        return repo, model
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.rmtree(model, ignore_errors=True)
     (repo / "data").mkdir(parents=True)
     model.mkdir()
     for file in [*(ROOT / "feature_repo").glob("*.py"), ROOT / "feature_repo/feature_store.yaml"]:
         shutil.copy2(file, repo / file.name)
     synthetic_features(repo / "data", n_items, n_users, hist=50)
     materialize_repo(repo, repo / "feature_store.yaml", repo / "data")
-    items = [f"i{k}" for k in range(n_items)]
+    items = [f"i{k}" for k in range(n_items - round(n_items * new_share))]
     synthetic_model(model, items, [f"u{k}" for k in range(n_users)])
+    stamp.write_text(json.dumps(want))
     return repo, model
 
 
@@ -174,14 +199,27 @@ def features_dir(repo: Path, fs_yaml: Path | None) -> Path:
     return fs_yaml.parent if fs_yaml is not None else repo / "data"
 
 
-def make_calls(model_dir: Path, features: Path, n: int, n_cands: int, seed: int = 1) -> list:
-    """Rank calls for users with full histories and random vocab candidates."""
+def make_calls(
+    model_dir: Path, features: Path, n: int, n_cands: int, new_share: float = 0.0, seed: int = 1
+) -> list:
+    """Rank calls for users with full histories and random candidates: a share
+    ``new_share`` of them items of the store that the model's vocabulary lacks."""
     vocab = json.loads((model_dir / "vocab.json").read_text())
     users = pd.read_parquet(features / schema.USER_FEATURES_FILE)
     users = users[users[schema.HISTORY].map(len) >= 50][schema.USER_ID].astype(str).tolist()
     users = users or [str(u) for u in vocab["users"]]
+    n_new = round(n_cands * new_share)
+    new: list[str] = []
+    if n_new:
+        stored = pd.read_parquet(features / schema.ITEM_FEATURES_FILE, columns=[schema.ITEM_ID])
+        new = sorted(set(stored[schema.ITEM_ID].astype(str)) - set(vocab["items"]))
+        if len(new) < n_new:
+            raise SystemExit(f"--new-items: the store has {len(new)} items new to the model")
     rng = random.Random(seed)
-    return [(rng.choice(users), rng.sample(vocab["items"], n_cands)) for _ in range(n)]
+    return [
+        (rng.choice(users), rng.sample(vocab["items"], n_cands - n_new) + rng.sample(new, n_new))
+        for _ in range(n)
+    ]
 
 
 def start(repo: Path, model: Path, cache: bool, args: argparse.Namespace):
@@ -249,7 +287,9 @@ def run(args: argparse.Namespace, repo: Path, model: Path) -> list[dict]:
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         for name, cache, n in paths:
             server, target, servicer = start(repo, model, cache, args)
-            calls = make_calls(model, features_dir(repo, args.fs_yaml), n, args.candidates)
+            calls = make_calls(
+                model, features_dir(repo, args.fs_yaml), n, args.candidates, args.new_items
+            )
             if cache:
                 rows.append({"path": "handler", "concurrency": 1, **handler_only(servicer, calls)})
             for level in levels:
@@ -272,18 +312,26 @@ def main(argv: list[str] | None = None) -> None:
     if args.fs_yaml is None and args.repo is None and made.is_file():
         args.fs_yaml = made
     with tempfile.TemporaryDirectory(prefix="tailrank-bench-") as tmp:
-        if args.synthetic or not (model / "manifest.json").is_file():
-            log.info("building a synthetic setup (%d items, %d users)", args.items, args.users)
-            repo, model = build_synthetic(Path(tmp), args.items, args.users)
+        if args.synthetic or args.new_items or not (model / "manifest.json").is_file():
+            log.info("synthetic setup: %d items (%.0f%% new to the model), %d users",
+                     args.items, 100 * args.new_items, args.users)  # fmt: skip
+            where = args.setup_dir or Path(tmp)
+            repo, model = build_synthetic(where, args.items, args.users, args.new_items)
             args.fs_yaml = None
         rows = run(args, repo, model)
         floor = model_only(model, args)
     table = pd.DataFrame(rows).set_index(["path", "concurrency"])
+    levels = [int(c) for c in args.concurrency.split(",")]
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"Rank, {args.candidates} candidates, 50-item histories, model {model}")
+    new = f", {100 * args.new_items:.0f}% new to the model" if args.new_items else ""
+    print(f"Rank, {args.candidates} candidates{new}, 50-item histories, model {model}")
     print(f"{os.cpu_count()} CPUs, load average at the end {load}, ort_threads {args.ort_threads}")
     print(table.round(2).to_string())
     print(f"ONNX Runtime run alone: p50 {floor['p50_ms']:.2f} ms, p99 {floor['p99_ms']:.2f} ms")
+    handler = table.loc[("handler", 1), "p50_ms"]
+    served = table.loc[("cache", levels[0]), "p50_ms"]
+    print(f"served p50 / ORT-alone p50 at concurrency {levels[0]}: {served / floor['p50_ms']:.2f}"
+          f" (handler alone / ORT: {handler / floor['p50_ms']:.2f})")  # fmt: skip
     if not args.skip_naive:
         ratio = table.loc["cache", "rps"] / table.loc["naive", "rps"]  # handler row has no rps
         print("throughput cache/naive by concurrency:", ratio.round(1).to_dict())
