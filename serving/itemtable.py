@@ -30,6 +30,7 @@ import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -91,8 +92,8 @@ class ItemTable:
 
     def rows(self, ids: Sequence[str]) -> np.ndarray:
         """int64 row of each id, -1 where the table does not hold it."""
-        get = self.row.get
-        return np.fromiter((get(i, -1) for i in ids), np.int64, len(ids))
+        n = len(ids)
+        return np.fromiter(map(self.row.get, ids, repeat(-1, n)), np.int64, n)
 
     # --- file ---------------------------------------------------------------------------
     def save(self, path: Path) -> Path:
