@@ -261,6 +261,7 @@ class FeatureClient:
             )
         self._table = table  # readers see the old table or the new one, never a mix
         self._recent = {}  # the new table may hold what was missing
+        log.info("event=cache_loaded items=%d", len(table))
         return len(table)
 
     def load_cache(self, vocab: Sequence[str], batch_size: int = 500) -> int:
@@ -270,13 +271,14 @@ class FeatureClient:
             return self.use_table(self.build_table(vocab, batch_size))
 
     def items(
-        self, ids: Sequence[str], vocab: Mapping[str, int], use_cache: bool = True
+        self, ids: Sequence[str], vocab: Mapping[str, int] | None = None, use_cache: bool = True
     ) -> tuple[ItemRows, int]:
         """Features for ``ids``: the table, then recent lookups, then Feast; returns (rows,
-        distinct ids read from Feast). ``vocab`` (the model's id -> index) gives the
-        index of an id the table does not hold."""
+        hits: distinct ids served without a Feast read). ``vocab`` (the model's id ->
+        index) gives the index of an id the table does not hold (default: 0)."""
+        vocab = vocab or {}
         if not use_cache:
-            return self.fetch_items(ids, vocab), len(set(ids))
+            return self.fetch_items(ids, vocab), 0
         table = self._table
         rows = table.rows(ids)
         known = rows >= 0
@@ -284,9 +286,8 @@ class FeatureClient:
             table, rows = _zero_table(self.content_dim), np.zeros(len(ids), np.int64)
         got = ItemRows(ids, known, table.content[rows], table.count[rows],
                        table.is_tail[rows], table.vocab_idx[rows])  # fmt: skip
-        if known.all():
-            return got, 0
-        return got, self._fill_misses(got, np.flatnonzero(~known), vocab)
+        sent = 0 if known.all() else self._fill_misses(got, np.flatnonzero(~known), vocab)
+        return got, len(set(ids)) - sent
 
     def _fill_misses(self, got: ItemRows, miss: np.ndarray, vocab: Mapping[str, int]) -> int:
         """Fill the rows the table lacks in place: from ids looked up in the last
