@@ -120,14 +120,27 @@ def features_dir(repo: Path, fs_yaml: Path | None) -> Path:
     return fs_yaml.parent if fs_yaml is not None else repo / "data"
 
 
-def make_calls(model_dir: Path, features: Path, n: int, n_cands: int, seed: int = 1) -> list:
-    """Rank calls for users with full histories and random vocab candidates."""
+def make_calls(
+    model_dir: Path, features: Path, n: int, n_cands: int, new_share: float = 0.0, seed: int = 1
+) -> list:
+    """Rank calls for users with full histories and random candidates: a share
+    ``new_share`` of them items of the store that the model's vocabulary lacks."""
     vocab = json.loads((model_dir / "vocab.json").read_text())
     users = pd.read_parquet(features / schema.USER_FEATURES_FILE)
     users = users[users[schema.HISTORY].map(len) >= 50][schema.USER_ID].astype(str).tolist()
     users = users or [str(u) for u in vocab["users"]]
+    n_new = round(n_cands * new_share)
+    new: list[str] = []
+    if n_new:
+        stored = pd.read_parquet(features / schema.ITEM_FEATURES_FILE, columns=[schema.ITEM_ID])
+        new = sorted(set(stored[schema.ITEM_ID].astype(str)) - set(vocab["items"]))
+        if len(new) < n_new:
+            raise SystemExit(f"--new-items: the store has {len(new)} items new to the model")
     rng = random.Random(seed)
-    return [(rng.choice(users), rng.sample(vocab["items"], n_cands)) for _ in range(n)]
+    return [
+        (rng.choice(users), rng.sample(vocab["items"], n_cands - n_new) + rng.sample(new, n_new))
+        for _ in range(n)
+    ]
 
 
 def percentiles_ms(latencies: list[float]) -> dict[str, float]:

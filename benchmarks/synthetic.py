@@ -60,19 +60,30 @@ def synthetic_model(out: Path, items: list[str], users: list[str]) -> None:
     (out / contract.MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
-def build_synthetic(tmp: Path, n_items: int, n_users: int) -> tuple[Path, Path]:
-    """A materialized Feast repo (copy of feature_repo/) and a model dir under ``tmp``."""
+def build_synthetic(
+    tmp: Path, n_items: int, n_users: int, new_share: float = 0.0
+) -> tuple[Path, Path]:
+    """A materialized Feast repo (copy of feature_repo/) and a model dir under ``tmp``; the
+    last ``new_share`` of the items are in the store but not in the model's vocabulary.
+    A setup already built in ``tmp`` (same sizes) is reused."""
     import shutil
 
     from training.feast_repo import materialize_repo
 
     repo, model = tmp / "feature_repo", tmp / "model"
+    stamp = tmp / "setup.json"
+    want = {"items": n_items, "users": n_users, "new_share": new_share}
+    if stamp.is_file() and json.loads(stamp.read_text()) == want:
+        return repo, model
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.rmtree(model, ignore_errors=True)
     (repo / "data").mkdir(parents=True)
     model.mkdir()
     for file in [*(ROOT / "feature_repo").glob("*.py"), ROOT / "feature_repo/feature_store.yaml"]:
         shutil.copy2(file, repo / file.name)
     synthetic_features(repo / "data", n_items, n_users, hist=50)
     materialize_repo(repo, repo / "feature_store.yaml", repo / "data")
-    items = [f"i{k}" for k in range(n_items)]
+    items = [f"i{k}" for k in range(n_items - round(n_items * new_share))]
     synthetic_model(model, items, [f"u{k}" for k in range(n_users)])
+    stamp.write_text(json.dumps(want))
     return repo, model

@@ -74,9 +74,15 @@ def rerank(
     if prob.shape != tail.shape or prob.shape[0] != len(item_ids):
         raise ValueError("prob, is_tail and item_ids must have the same length")
     score, boost = rerank_scores(prob, tail, tail_weight, p_tail)
-    ids = np.asarray(item_ids, dtype=str)
     # lexsort: the last key is the primary one (score desc, then prob desc, then id asc).
-    order = np.lexsort((ids, -prob, -score)) if len(ids) else np.zeros(0, np.int64)
+    # The id key only decides between equal (score, prob) pairs, and building a string
+    # array costs more than the sort: sort by the numbers, and by ids only on a tie.
+    order = np.lexsort((-prob, -score))
+    if len(order) > 1:
+        ranked_score, ranked_prob = score[order], prob[order]
+        tied = (ranked_score[1:] == ranked_score[:-1]) & (ranked_prob[1:] == ranked_prob[:-1])
+        if tied.any():
+            order = np.lexsort((np.asarray(item_ids, dtype=str), -prob, -score))
     return Ranked(
         order.astype(np.int64), score.astype(np.float32), boost.astype(np.float32), p_tail
     )

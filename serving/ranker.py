@@ -48,12 +48,12 @@ class Ranking:
 
 @dataclass(frozen=True)
 class Gathered:
-    """What a Rank request read: history and item rows (candidates first, then history)."""
+    """What a Rank request read: the user's history and the item rows of the N candidates
+    followed by the L history items (one table gather)."""
 
     cold: bool  # the user is unknown to the feature store
-    hist: list[str]  # the last history_len history item ids, oldest first
-    rows: ItemRows  # candidates, then history items not among them
-    hist_rows: np.ndarray  # int64 row in ``rows`` of each history item
+    n: int  # candidates: rows[:n] are the candidates, rows[n:] the history, oldest first
+    rows: ItemRows
     scored: np.ndarray  # int64 positions of the candidates Feast knows
 
 
@@ -67,53 +67,50 @@ class Ranker:
 
     def rank(self, args: RankArgs) -> Ranking:
         got = self.gather(args)
-        candidates = args.candidates
-        unscored = [candidates[i] for i in np.flatnonzero(~got.rows.known[: len(candidates)])]
-        ids = [candidates[i] for i in got.scored]
+        candidates, n, rows = args.candidates, got.n, got.rows
+        unscored = [candidates[i] for i in np.flatnonzero(~rows.known[:n])]
+        ids = candidates if len(got.scored) == n else [candidates[i] for i in got.scored]
         if not ids:
             empty = np.zeros(0, np.float32)
             return Ranking(
                 got.cold, unscored, [], empty, empty, empty, empty, empty.astype(bool), 0.5
             )
         logit, prob = self.model.score(self.feed(args.user_id, got))
-        hist_known = got.rows.known[got.hist_rows]
-        p_tail = rerank.tail_appetite(got.rows.is_tail[got.hist_rows][hist_known])
-        tail = got.rows.is_tail[got.scored]
+        p_tail = rerank.tail_appetite(rows.is_tail[n:][rows.known[n:]])
+        tail = rows.is_tail[got.scored]
         ranked = rerank.rerank(prob, tail, ids, args.tail_weight, p_tail)
         order = ranked.order[: args.top_k] if args.top_k else ranked.order
         return Ranking(
             cold_user=got.cold, unscored=unscored, ids=[ids[j] for j in order],
-            score=ranked.score[order].astype(np.float32), prob=prob[order], logit=logit[order],
-            boost=np.asarray(ranked.boost, np.float32)[order], is_tail=tail[order],
-            p_tail=float(p_tail),
+            score=ranked.score[order], prob=prob[order], logit=logit[order],
+            boost=ranked.boost[order], is_tail=tail[order], p_tail=float(p_tail),
         )  # fmt: skip
 
     def gather(self, args: RankArgs) -> Gathered:
-        """The user's history from Feast, then candidate + history item rows (cache first)."""
+        """The user's history from Feast, then the rows of candidates + history items."""
         history = self.features.user_history(args.user_id)
         hist = (history or [])[-self.model.history_len :]
-        wanted = set(args.candidates)
-        lookup = args.candidates + [h for h in dict.fromkeys(hist) if h not in wanted]
-        rows, hits = self.features.items(lookup, use_cache=self.item_cache)
+        lookup = [*args.candidates, *hist]
+        rows, hits = self.features.items(lookup, self.model.item_index, use_cache=self.item_cache)
+        # counted per distinct id, as one lookup each (a history item may be a candidate)
         metrics.CACHE_HITS.inc(hits)
-        metrics.CACHE_MISSES.inc(len(lookup) - hits)
-        where = {item: i for i, item in enumerate(lookup)}
-        hist_rows = np.array([where[h] for h in hist], dtype=np.int64)
-        scored = np.flatnonzero(rows.known[: len(args.candidates)])
-        return Gathered(history is None, hist, rows, hist_rows, scored)
+        metrics.CACHE_MISSES.inc(len(set(lookup)) - hits)
+        n = len(args.candidates)
+        return Gathered(history is None, n, rows, np.flatnonzero(rows.known[:n]))
 
     def feed(self, user_id: str, got: Gathered) -> dict[str, np.ndarray]:
-        """The model feed for the user and the scored candidates (core.contract.build_feed)."""
-        index, rows = self.model.item_index, got.rows
-        hist_idx = np.array([index.get(h, 0) for h in got.hist], dtype=np.int64)
-        # a history item counts when Feast (content) or the vocabulary (id) knows it
-        hist_mask = rows.known[got.hist_rows] | (hist_idx > 0)
+        """The model feed for the user and the scored candidates (core.contract.build_feed):
+        slices and one gather of the rows, no per-id work."""
+        n, rows, scored = got.n, got.rows, got.scored
+        hist_idx = rows.vocab_idx[n:]
+        pick = slice(0, n) if len(scored) == n else scored  # a slice is a view, no copy
         return contract.build_feed(
             user_idx=self.model.user_index.get(user_id, 0),
             hist_idx=hist_idx,
-            hist_content=rows.content[got.hist_rows],
-            hist_mask=hist_mask,
-            item_idx=np.array([index.get(rows.ids[i], 0) for i in got.scored], dtype=np.int64),
-            item_content=rows.content[got.scored],
-            item_count=rows.count[got.scored],
+            hist_content=rows.content[n:],
+            # a history item counts when Feast (content) or the vocabulary (id) knows it
+            hist_mask=rows.known[n:] | (hist_idx > 0),
+            item_idx=rows.vocab_idx[pick],
+            item_content=rows.content[pick],
+            item_count=rows.count[pick],
         )

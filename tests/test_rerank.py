@@ -51,6 +51,19 @@ def test_equal_scores_break_ties_by_item_id() -> None:
     assert list(result.order) == [1, 0]
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_order_is_score_then_probability_then_id_with_and_without_ties(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 200
+    prob = rng.choice([0.1, 0.3, 0.7], n) if seed % 2 else rng.random(n)  # odd seeds: ties
+    tail = rng.random(n) > 0.6
+    ids = [f"i{k}" for k in rng.permutation(n)]
+    result = rerank(prob, tail, ids, 0.2, 0.4)
+    score, _ = rerank_scores(prob, tail, 0.2, 0.4)  # float64, as the rule sorts
+    expected = sorted(range(n), key=lambda k: (-score[k], -prob[k], ids[k]))
+    assert list(result.order) == expected
+
+
 def test_tail_appetite_is_laplace_smoothed() -> None:
     assert tail_appetite([]) == pytest.approx(0.5)
     assert tail_appetite([True, True]) == pytest.approx(0.75)
