@@ -37,6 +37,8 @@ import numpy as np
 
 from core.files import write_atomic
 
+# set by the supervisor for its workers: the table file it built for all of them
+SHARED_TABLE_ENV = "TAILRANK_SHARED_ITEM_TABLE"
 MAGIC = b"TAILRANK-ITEMS-1\n"
 ALIGN = 64
 ARRAYS = ("content", "count", "is_tail", "vocab_idx", "id_ends", "id_blob")

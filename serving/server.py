@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent import futures
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,6 +37,7 @@ from serving.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from serving.eventlog import Impression, parse_feedback
 from serving.features import FeatureClient
 from serving.inference import Model
+from serving.itemtable import SHARED_TABLE_ENV, ItemTable
 from serving.ranker import RankArgs, Ranker, Ranking
 
 log = logging.getLogger(__name__)
@@ -111,19 +114,18 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
     def start(self) -> None:
         """Fill the item cache, warm the model up, then report SERVING."""
         if self.config.item_cache:  # a failure here stops start-up (no silent empty cache)
-            n = self.features.load_cache(self.model.item_ids, self.config.cache_batch_size)
-            metrics.CACHE_ITEMS.set(n)
+            metrics.CACHE_ITEMS.set(self._load_items())
         self.model.warm_up()
         metrics.set_model(self.model.version, self.model.provider)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        if self.config.item_cache and self.config.cache_refresh_s > 0:
+        if self.config.item_cache and self.config.cache_refresh_s > 0 and not self.shared_table:
             threading.Thread(target=self._refresh_loop, name="cache-refresh", daemon=True).start()
         log.info("event=serving model_version=%s", self.model.version)
 
     def refresh_cache(self) -> bool:
         """Reload the item cache from the online store; keep the old one on failure."""
         try:
-            n = self.features.load_cache(self.model.item_ids, self.config.cache_batch_size)
+            n = self._load_items()
         except Exception as exc:
             metrics.CACHE_REFRESHES.labels("error").inc()
             log.error("event=cache_refresh_failed error=%r (keeping the previous cache)", exc)
@@ -131,6 +133,18 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         metrics.CACHE_REFRESHES.labels("ok").inc()
         metrics.CACHE_ITEMS.set(n)
         return True
+
+    @property
+    def shared_table(self) -> str | None:
+        """The item table file a supervisor built for all its workers (None: build one's own)."""
+        return os.environ.get(SHARED_TABLE_ENV) or None
+
+    def _load_items(self) -> int:
+        """Map the supervisor's shared table, or build this process's own from the store."""
+        if self.shared_table:
+            table = ItemTable.open(Path(self.shared_table))
+            return self.features.use_table(table, self.model.item_ids)
+        return self.features.load_cache(self.model.item_ids, self.config.cache_batch_size)
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.config.cache_refresh_s):

@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -44,7 +45,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.contract import ContractError, Manifest, read_vocab
 from serving.config import ServerConfig, to_argv
+from serving.errors import ConfigError
+from serving.features import FeatureClient
+from serving.itemtable import SHARED_TABLE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -128,16 +133,41 @@ def prepare_event_store(config: ServerConfig) -> None:
         engine.dispose()
 
 
-def shared_state(config: ServerConfig, workdir: Path) -> dict[str, str]:
-    """Environment for the workers naming what the supervisor built once for all of them.
+class SharedTable:
+    """The one item table every worker maps (serving/itemtable.py), built by the supervisor.
 
-    The plug point of the shared, memory-mapped item table (serving/itemtable.py): build
-    it here once (``itemtable.save(workdir / "items.table")`` from the online store), and
-    return ``{"TAILRANK_ITEM_TABLE": path}``; each worker then maps that file in
-    ``RankingServicer.start`` instead of filling its own cache. Until it lands every
-    worker fills its own item cache (N copies).
+    ``build()`` reads every stored item from the online store once and saves the table to
+    ``path`` atomically; workers open it memory-mapped (``SHARED_TABLE_ENV``), so N
+    processes share one copy in the page cache instead of N. SIGHUP and
+    ``--cache-refresh-s`` rebuild the file here, then tell the workers to map the new one.
     """
-    return {}
+
+    def __init__(self, config: ServerConfig, path: Path) -> None:
+        try:
+            manifest = Manifest.read(config.model)
+            _, self.vocab = read_vocab(config.model, manifest)
+        except ContractError as exc:
+            raise ConfigError(str(exc)) from exc
+        self.features = FeatureClient(
+            config.repo, manifest.content_dim, manifest.feature_refs, fs_yaml=config.fs_yaml
+        )
+        self.path, self.batch_size = path, config.cache_batch_size
+
+    def build(self) -> int:
+        table = self.features.build_table(self.vocab, self.batch_size)
+        table.save(self.path)
+        log.info("event=shared_table_saved items=%d path=%s", len(table), self.path)
+        return len(table)
+
+
+def shared_state(config: ServerConfig, workdir: Path) -> tuple[dict[str, str], SharedTable | None]:
+    """What the supervisor builds once for all workers, and the environment naming it:
+    the memory-mapped item table (none with ``--no-item-cache``)."""
+    if not config.item_cache:
+        return {}, None
+    shared = SharedTable(config, workdir / "items.table")
+    shared.build()
+    return {SHARED_TABLE_ENV: str(shared.path)}, shared
 
 
 def worker_command(config: ServerConfig, port: int) -> list[str]:
@@ -149,8 +179,16 @@ def worker_command(config: ServerConfig, port: int) -> list[str]:
 class Supervisor:
     """Starts, watches, restarts and stops the worker processes (see the module doc)."""
 
-    def __init__(self, config: ServerConfig, port: int, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        port: int,
+        env: dict[str, str],
+        table: SharedTable | None = None,
+    ) -> None:
         self.config = config
+        self.table = table
+        self._rebuilding = threading.Lock()
         self.command = worker_command(config, port)
         # the config travels as flags: no TAILRANK_* variable may override one of them
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("TAILRANK_")}
@@ -180,6 +218,8 @@ class Supervisor:
         signal.signal(signal.SIGHUP, self._on_hup)
         for slot in range(self.counts.expected):
             self.start(slot)
+        if self.table is not None and self.config.cache_refresh_s > 0:
+            threading.Thread(target=self._refresh_loop, name="table-refresh", daemon=True).start()
         while self.stop_signal is None:
             failed = self._step()
             if failed is not None:
@@ -199,8 +239,7 @@ class Supervisor:
         """One look at the workers; an exit code when the server must stop."""
         if self.hup:
             self.hup = False
-            for w in self.workers.values():
-                w.proc.send_signal(signal.SIGHUP)
+            threading.Thread(target=self.reload, name="table-rebuild", daemon=True).start()
         for w in list(self.workers.values()):
             self._poll_ready(w)
             code = w.proc.poll()
@@ -218,6 +257,28 @@ class Supervisor:
             self.serving = True
             log.info("event=ready processes=%d", len(self.workers))
         return None
+
+    def reload(self) -> None:
+        """Rebuild the shared table (when there is one), then SIGHUP every worker so it
+        maps the new file (or, without a shared table, reloads its own cache). A failed
+        rebuild keeps the old file: the workers keep serving it."""
+        with self._rebuilding:
+            if self.table is not None:
+                try:
+                    self.table.build()
+                except Exception as exc:  # the store may be down: keep the old table
+                    log.error("event=shared_table_failed error=%r (workers keep the old)", exc)
+                    return
+            for w in list(self.workers.values()):
+                if w.proc.poll() is None:
+                    w.proc.send_signal(signal.SIGHUP)
+
+    def _refresh_loop(self) -> None:
+        """``--cache-refresh-s`` for the shared table: rebuild here, not in N workers."""
+        while self.stop_signal is None:
+            time.sleep(self.config.cache_refresh_s)
+            if self.stop_signal is None:
+                self.reload()
 
     def _poll_ready(self, w: Worker) -> None:
         if w.ready_fd is None:
@@ -333,7 +394,8 @@ def supervise(config: ServerConfig) -> int:
             folder = metrics_dir(workdir)
             os.environ[MULTIPROC_ENV] = str(folder)  # for mark_process_dead and the workers
             prepare_event_store(config)
-            supervisor = Supervisor(config, port, shared_state(config, workdir))
+            env, table = shared_state(config, workdir)
+            supervisor = Supervisor(config, port, env, table)
             if config.metrics_port >= 0:
                 serve_metrics(supervisor, config.metrics_port, folder)
             log.info("event=supervising processes=%d port=%d", config.process_count, port)

@@ -129,6 +129,20 @@ def test_both_workers_answer_on_one_port_and_one_scrape_sums_them(cluster: Clust
     assert scraped["tailrank_worker_restarts_total"] == 0
 
 
+def test_workers_map_the_one_table_the_supervisor_built(cluster: Cluster) -> None:
+    """The item table is read from the store once, by the supervisor, and every worker
+    maps that file: no worker builds its own (N processes, one copy)."""
+    text = cluster.log_path.read_text()
+    built = re.findall(r"pid=(\d+) [^\n]*?event=item_table_built ", text)
+    assert {int(pid) for pid in built} == {cluster.proc.pid}
+    saved = re.search(r"event=shared_table_saved items=(\d+) path=(\S+)", text)
+    assert saved and int(saved.group(1)) > 0
+    loaded = re.findall(r"pid=(\d+) [^\n]*?event=cache_loaded items=(\d+)", text)
+    workers = cluster.worker_pids()
+    assert workers <= {int(pid) for pid, _ in loaded}
+    assert {int(n) for pid, n in loaded if int(pid) in workers} == {int(saved.group(1))}
+
+
 def test_a_killed_worker_is_restarted_and_the_metrics_show_it(cluster: Cluster) -> None:
     time.sleep(1.0)  # > the event log's flush interval: what was served is written
     victim, survivor = sorted(cluster.worker_pids())
@@ -178,7 +192,10 @@ def test_sigterm_drains_every_worker_and_flushes_every_impression(cluster: Clust
     stop.set()
     for t in threads:
         t.join(timeout=30)
-    assert served_before > 0 and set(errors) <= {grpc.StatusCode.UNAVAILABLE}
+    # calls that reach a draining worker are refused, never half-served: UNAVAILABLE, or
+    # CANCELLED for one gRPC had queued but no handler had taken (docs/SERVING.md Shutdown)
+    refused = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    assert served_before > 0 and set(errors) <= refused
     log_text = cluster.log_path.read_text()
     for pid in pids:  # each worker drained and closed its event log
         assert f"pid={pid} logger=serving request_id=- event=stopped" in log_text
