@@ -71,29 +71,32 @@ def test_the_cycle_search_finds_a_planted_cycle() -> None:
     assert find_cycles(planted) == [["a.x", "a.y", "a.z", "a.x"]]
 
 
-def test_serving_server_loads_no_torch() -> None:
-    """A serving process imports neither torch nor the sentence encoder (serving-only
-    installs have neither)."""
+def top_level_packages_loaded(imports: str, heavy: set[str]) -> list[str]:
+    """Which of ``heavy`` a fresh interpreter has loaded after ``imports``."""
     code = (
-        "import json, sys; import serving.server, serving.__main__, serving.client; "
-        "print(json.dumps(sorted(m for m in sys.modules "
-        "if m.split('.')[0] in ('torch', 'sentence_transformers', 'training', 'onnx'))))"
+        f"import json, sys; {imports}; print(json.dumps(sorted("
+        f"{{m.split('.')[0] for m in sys.modules}} & set({sorted(heavy)!r}))))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_serving_server_loads_no_torch() -> None:
+    """A serving process imports neither torch nor the sentence encoder (serving-only
+    installs have neither), nor any training module."""
+    imports = "import serving.server, serving.__main__, serving.supervisor, serving.client"
+    heavy = {"torch", "sentence_transformers", "training", "onnx"}
+    assert top_level_packages_loaded(imports, heavy) == []
 
 
 def test_core_loads_no_heavy_dependency() -> None:
-    code = (
-        "import json, sys; import core.contract, core.rerank, core.schema, core.ids, "
-        "core.files, core.cli; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} "
-        "& {'torch', 'feast', 'grpc', 'onnxruntime', 'sqlalchemy', 'training', 'serving'})))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    imports = "import core.contract, core.rerank, core.schema, core.ids, core.files, core.cli"
+    heavy = {"torch", "feast", "grpc", "onnxruntime", "sqlalchemy", "training", "serving"}
+    assert top_level_packages_loaded(imports, heavy) == []
+
+
+def test_the_probe_sees_a_loaded_package() -> None:
+    assert top_level_packages_loaded("import sqlalchemy", {"sqlalchemy", "torch"}) == ["sqlalchemy"]
