@@ -61,7 +61,9 @@ def ensure_tables(name: str, work: Path, args: argparse.Namespace) -> Path:
 
 def prefill_cache(texts: list[str], cache: Path, dim: int, rng: np.random.Generator) -> int:
     """Cache random unit vectors for texts not cached yet; return how many were added."""
-    identity = encoder.encoder_identity(encoder.resolve_model_path(None))
+    identity = encoder.cache_identity(
+        encoder.encoder_identity(encoder.resolve_model_path(None)), encoder.DEFAULT_PRECISION
+    )
     keys, vecs = encoder.load_cache(cache, identity)
     todo = pd.Index([encoder.text_key(t) for t in set(texts) if t.strip()]).difference(keys)
     fill = rng.standard_normal((len(todo), dim)).astype(np.float32)
@@ -91,7 +93,7 @@ def bench_dataset(name: str, work: Path, args: argparse.Namespace) -> dict[str, 
         row["features_cold_s"] = round(cold, 1)
     else:  # encode a sample for the rate; random vectors stand in for the rest
         sample = list(np.random.default_rng(0).choice(unique, args.embed_sample, replace=False))
-        encoder.load_encoder(str(encoder.resolve_model_path(None)))  # rate excludes loading
+        encoder.load_text_encoder(str(encoder.resolve_model_path(None)))  # excludes loading
         secs, vecs = timed(lambda: encoder.embed_texts(sample, cache_dir=None))
         throughput = len(sample) / secs
         prefill_cache(unique, cache, vecs.shape[1], np.random.default_rng(0))

@@ -37,6 +37,10 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
         "features step and feast apply/materialize on MovieLens-100K",
         ["benchmarks.features", "--datasets", "movielens-100k", "--repeats", "3"],
     ),
+    "encoder": (
+        "sentence encoder: torch vs ONNX Runtime fp32 vs int8, alternating, cosine to torch",
+        ["benchmarks.encoder", "--data", "data/movielens-100k", "--rounds", "3"],
+    ),
     "features_100k": (
         "features step and materialize on a synthetic 100k-item catalogue",
         [

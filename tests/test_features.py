@@ -142,10 +142,10 @@ def test_rerun_embeds_only_the_new_item(
     }  # fmt: skip
     items = pd.concat([items, pd.DataFrame(new).astype(items.dtypes.to_dict())])
     items.to_parquet(data / schema.ITEMS_FILE, index=False)
-    model = encoder.load_encoder(str(encoder.resolve_model_path(None)))
+    model = encoder.load_text_encoder(str(encoder.resolve_model_path(None)))  # the default
     sent: list[str] = []  # every text that reaches the real encoder
     real_encode = model.encode
-    monkeypatch.setattr(model, "encode", lambda t, **kw: sent.extend(t) or real_encode(t, **kw))
+    monkeypatch.setattr(model, "encode", lambda t, *a: sent.extend(t) or real_encode(t, *a))
     second = features.build_features(data, tmp_path / "out2", cache_dir=cache)
     assert sent == ["title: Zebra striped umbrella; category: home"]
     assert (second["texts_encoded"], second["texts_cached"]) == (1, n_items)

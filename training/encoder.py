@@ -6,6 +6,12 @@ sentence-transformers model directory can be named instead. Vectors are cached u
 ``cache_dir`` keyed by (encoder identity, sha256 of the text), so a re-run encodes only
 new or changed texts; empty texts are never encoded and get a zero vector.
 
+Backends: ``onnx`` (default) runs the encoder exported once by ``training.text_onnx`` in
+ONNX Runtime (``training.text_runtime``: the model's fast tokenizer, length-bucketed
+batches, CUDA when present); ``torch`` runs ``SentenceTransformer.encode``. fp32 ONNX
+vectors match torch to cosine >= 0.9999, so both share one cache; int8 vectors differ
+more and get their own cache (identity suffix ``-int8``).
+
 Imported by ``training.features`` (``python -m training.features``); not a CLI itself.
 """
 
@@ -33,6 +39,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = Path("data/cache/embeddings")
 DEFAULT_BATCH_SIZE = 64
+BACKENDS = ("onnx", "torch")
+PRECISIONS = ("fp32", "int8")
+DEFAULT_BACKEND = "onnx"
+# fp32: int8 lowers ML-100K neighbour agreement too much (docs/BENCHMARKS.md, encoder)
+DEFAULT_PRECISION = "fp32"
 # small files that define a model; their content (plus every file's size) names the encoder
 _IDENTITY_FILES = ("modules.json", "config.json", "sentence_bert_config.json", "tokenizer.json")
 
@@ -102,6 +113,63 @@ def load_encoder(path: str) -> Any:
     return SentenceTransformer(path, device="cpu")
 
 
+class TorchTextEncoder:
+    """``SentenceTransformer.encode`` behind the interface of ``OnnxTextEncoder``."""
+
+    def __init__(self, path: str) -> None:
+        self.model = load_encoder(path)
+        self.dim = _embedding_dim(self.model)
+        self.provider = "torch-cpu"
+
+    def encode(self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """Batches of similar length (longest first keeps padding low)."""
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = [texts[i] for i in idx]
+            out[idx] = self.model.encode(batch, batch_size=batch_size, show_progress_bar=False)
+        return out
+
+
+def load_text_encoder(
+    path: str,
+    backend: str = DEFAULT_BACKEND,
+    precision: str = DEFAULT_PRECISION,
+    onnx_dir: str | None = None,
+    provider: str = "auto",
+) -> Any:
+    """An encoder with ``.encode(texts, batch_size)`` and ``.dim`` (cached per process);
+    the ONNX graph is exported on first use into ``onnx_dir/<identity>/``."""
+    return _load_text_encoder(path, backend, precision, onnx_dir, provider)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_text_encoder(
+    path: str, backend: str, precision: str, onnx_dir: str | None, provider: str
+) -> Any:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if precision not in PRECISIONS or (backend == "torch" and precision != "fp32"):
+        raise ValueError(f"precision must be one of {PRECISIONS} (fp32 for torch)")
+    if backend == "torch":
+        return TorchTextEncoder(path)
+    from training import text_onnx, text_runtime
+
+    model_dir = Path(path)
+    graph = text_onnx.ensure_graph(
+        lambda: load_encoder(path), model_dir, encoder_identity(model_dir), precision,
+        None if onnx_dir is None else Path(onnx_dir),
+    )  # fmt: skip
+    return text_runtime.OnnxTextEncoder(graph, model_dir, provider)
+
+
+def cache_identity(identity: str, precision: str) -> str:
+    """The embedding cache's name: torch and fp32 ONNX agree within cosine 0.9999 and
+    share it; int8 vectors differ more and must not be mixed with them."""
+    return identity if precision == "fp32" else f"{identity}-{precision}"
+
+
 def _embedding_dim(model: Any) -> int:
     getter = (
         getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
@@ -137,14 +205,13 @@ def save_cache(cache_dir: Path, identity: str, keys: pd.Index, vectors: np.ndarr
 
 
 def _encode(model: Any, texts: list[str], batch_size: int) -> np.ndarray:
-    """Encode texts in batches (longest first keeps padding low) with a progress bar."""
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    out = np.zeros((len(texts), _embedding_dim(model)), dtype=np.float32)
-    batches = range(0, len(order), batch_size)
-    for start in tqdm(batches, desc="embedding texts", unit="batch", disable=len(batches) < 2):
-        idx = order[start : start + batch_size]
-        batch = [texts[i] for i in idx]
-        out[idx] = model.encode(batch, batch_size=batch_size, show_progress_bar=False)
+    """Encode texts in chunks of 16 batches with a progress bar (the encoder orders each
+    chunk by length)."""
+    chunk = 16 * batch_size
+    out = np.zeros((len(texts), model.dim), dtype=np.float32)
+    starts = range(0, len(texts), chunk)
+    for start in tqdm(starts, desc="embedding texts", unit="chunk", disable=len(starts) < 2):
+        out[start : start + chunk] = model.encode(texts[start : start + chunk], batch_size)
     return out
 
 
@@ -154,17 +221,22 @@ def embed_texts(
     cache_dir: str | os.PathLike[str] | None = DEFAULT_CACHE_DIR,
     batch_size: int = DEFAULT_BATCH_SIZE,
     stats: EmbedStats | None = None,
+    backend: str = DEFAULT_BACKEND,
+    precision: str = DEFAULT_PRECISION,
+    onnx_dir: str | os.PathLike[str] | None = None,
+    provider: str = "auto",
 ) -> np.ndarray:
     """Embed texts -> float32 [len(texts), C]; empty texts get zeros and are never encoded.
 
     Texts already in the cache of this encoder are not encoded again; ``stats`` (if given)
     records how many texts were encoded, found cached, or empty. ``cache_dir=None``
-    disables the cache.
+    disables the cache. ``backend`` / ``precision`` / ``provider``: see the module doc;
+    ``onnx_dir`` holds the exported graphs (default ``data/cache/text-onnx``).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     path = resolve_model_path(model_path)
-    identity = encoder_identity(path)
+    identity = cache_identity(encoder_identity(path), precision)
     stats = stats if stats is not None else EmbedStats()
     texts = [t if isinstance(t, str) else "" for t in texts]
     keys = pd.Index([text_key(t) if t.strip() else "" for t in texts])
@@ -174,7 +246,8 @@ def embed_texts(
     missing = wanted.difference(cached_keys, sort=False)
     model = None
     if len(missing) or cached_vecs.shape[1] == 0:
-        model = load_encoder(str(path))
+        onnx = None if onnx_dir is None else str(onnx_dir)
+        model = load_text_encoder(str(path), backend, precision, onnx, provider)
     if len(missing):
         first = pd.Series(range(len(texts)), index=keys).groupby(level=0).first()
         new_vecs = _encode(model, [texts[first[k]] for k in missing], batch_size)
@@ -185,7 +258,7 @@ def embed_texts(
         cached_keys, cached_vecs = cached_keys.append(missing), np.vstack([old, new_vecs])
         if cache_dir is not None:
             save_cache(cache_dir, identity, cached_keys, cached_vecs)
-    dim = cached_vecs.shape[1] if len(cached_keys) else _embedding_dim(model)
+    dim = cached_vecs.shape[1] if len(cached_keys) else model.dim
     out = np.zeros((len(texts), dim), dtype=np.float32)
     pos = cached_keys.get_indexer(keys)
     out[pos >= 0] = cached_vecs[pos[pos >= 0]]
@@ -200,10 +273,15 @@ def embed_texts(
     return out
 
 
-def encoder_description(model_path: str | os.PathLike[str] | None) -> dict[str, Any]:
+def encoder_description(
+    model_path: str | os.PathLike[str] | None,
+    backend: str = DEFAULT_BACKEND,
+    precision: str = DEFAULT_PRECISION,
+) -> dict[str, Any]:
     """What the features were embedded with, for the features summary and the manifest."""
     path = resolve_model_path(model_path)
     info = {"path": str(path), "identity": encoder_identity(path)}
+    info |= {"backend": backend, "precision": precision}
     config = path / "config.json"
     if config.exists():
         info["architecture"] = json.loads(config.read_text()).get("architectures", [None])[0]

@@ -35,8 +35,10 @@ from core.cli import LOG_FORMAT, run_cli
 from core.contract import DEFAULT_HISTORY_LEN
 from core.files import write_many_atomic
 from training.encoder import (
+    DEFAULT_BACKEND,
     DEFAULT_BATCH_SIZE,
     DEFAULT_CACHE_DIR,
+    DEFAULT_PRECISION,
     EmbedStats,
     EncoderNotFoundError,
     embed_texts,
@@ -325,16 +327,20 @@ def build_features(
     encoder: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     cache_dir: Path | None = DEFAULT_CACHE_DIR,
+    encoder_backend: str = DEFAULT_BACKEND,
+    encoder_precision: str = DEFAULT_PRECISION,
 ) -> dict:
     """Run the whole features step; return the summary written beside the parquet files."""
     items, users, interactions = load_tables(Path(data_dir), mode)
     item_text(items.head(0))  # fail on a text-less items table before any slow work
     if history_len < 1:
         raise FeaturesError(f"--history-len must be >= 1, got {history_len}")
-    encoder_info = encoder_description(encoder)  # fails early on a bad --encoder path
+    # fails early on a bad --encoder path
+    encoder_info = encoder_description(encoder, encoder_backend, encoder_precision)
     as_of = feature_time(interactions)
     stats = EmbedStats()
     embed = {"model_path": encoder, "cache_dir": cache_dir, "batch_size": batch_size}
+    embed |= {"backend": encoder_backend, "precision": encoder_precision}
     item_df = build_item_features(items, interactions, as_of, embed, stats)
     user_df = build_user_features(users, interactions, history_len, as_of)
     summary = {
@@ -381,6 +387,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="encoder batch")
     p.add_argument(
+        "--encoder-backend", choices=("onnx", "torch"), default=DEFAULT_BACKEND,
+        help="onnx: the encoder exported once, run in ONNX Runtime; torch: sentence-transformers",
+    )  # fmt: skip
+    p.add_argument(
+        "--encoder-precision", choices=("fp32", "int8"), default=DEFAULT_PRECISION,
+        help="onnx only: int8 = dynamically quantized graph (own embedding cache)",
+    )  # fmt: skip
+    p.add_argument(
         "--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="embedding cache folder"
     )
     p.add_argument("--log-level", default="INFO", help="logging level")
@@ -394,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> str:
         summary = build_features(
             args.data, args.out, args.mode, args.history_len, args.encoder,
-            args.batch_size, args.cache_dir,
+            args.batch_size, args.cache_dir, args.encoder_backend, args.encoder_precision,
         )  # fmt: skip
         return json.dumps(summary, indent=2)
 
