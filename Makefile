@@ -5,8 +5,10 @@
 # Every data set has its own tables (data/<name>), features, Feast config, registry and
 # online store (feature_repo/data/<name>) and model (artifacts/<name>): switching DATA
 # rebuilds nothing of another data set, and switching back rebuilds nothing at all.
-# The online store: STORE=sqlite (default, a file per data set) or STORE=postgres
-# (feature_repo/feature_store.postgres.yaml, TAILRANK_PG_* in the environment).
+# The online store: STORE=sqlite (default, a file per data set), STORE=postgres
+# (feature_repo/feature_store.postgres.yaml, TAILRANK_PG_* in the environment) or
+# STORE=redis (feature_repo/feature_store.redis.yaml; TAILRANK_REDIS_HOST/_PORT/_PASSWORD,
+# default 127.0.0.1:6379 without a password).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -33,7 +35,7 @@ EVAL_RUN := artifacts/$(NAME)-eval
 STORE ?= sqlite
 STORE_TEMPLATE := feature_repo/feature_store$(if $(filter sqlite,$(STORE)),,.$(STORE)).yaml
 ifeq ($(wildcard $(STORE_TEMPLATE)),)
-$(error STORE=$(STORE): no $(STORE_TEMPLATE); use STORE=sqlite or STORE=postgres)
+$(error STORE=$(STORE): no $(STORE_TEMPLATE); use STORE=sqlite, STORE=postgres or STORE=redis)
 endif
 # the data set's own Feast config (written from the template by training.feast_repo)
 FS_YAML := $(FEATURES)/$(notdir $(STORE_TEMPLATE))

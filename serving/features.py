@@ -26,6 +26,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from core import contract, schema
+from core.stores import set_store_env_defaults
 from serving.errors import ConfigError, FailedPrecondition, Unavailable
 from serving.itemtable import ItemTable, vocab_digest
 
@@ -73,6 +74,7 @@ class FeatureClient:
                 f"{self.fs_yaml} not found: pass --repo <Feast repo dir> and --fs-yaml "
                 "<the data set's feature_store.yaml> (make serve prints both)"
             )
+        set_store_env_defaults()  # a Redis yaml without TAILRANK_REDIS_*: the local Redis
         self.store = self._open_store()
         self.content_dim = content_dim
         refs = manifest_refs or {}
@@ -121,8 +123,7 @@ class FeatureClient:
         try:
             return self.store.get_online_features(refs, {key: list(ids)}).to_dict()
         except Exception as exc:  # sqlite3/psycopg/redis errors have no common base
-            log.warning("event=feast_error error=%r", exc)
-            raise Unavailable(f"feature store unavailable ({type(exc).__name__}); retry") from exc
+            raise self._unavailable(exc) from exc
 
     def _read(self, view: str, key: str, ids: Sequence[str], fields: list[str]) -> list:
         """One ``online_read`` of ``fields`` for ``ids``: per id a ``{field: ValueProto}``
@@ -142,12 +143,21 @@ class FeatureClient:
         try:
             found = store.provider.online_read(store.config, table, keys, fields)
         except Exception as exc:  # sqlite3/psycopg/redis errors have no common base
-            log.warning("event=feast_error error=%r", exc)
-            raise Unavailable(f"feature store unavailable ({type(exc).__name__}); retry") from exc
+            raise self._unavailable(exc) from exc
         if table.ttl:
             oldest = datetime.now(UTC) - table.ttl
             return [v if ts is not None and ts >= oldest else None for ts, v in found]
         return [values for _, values in found]
+
+    def _unavailable(self, exc: Exception) -> Unavailable:
+        """The error a store fault becomes: which online store, and the driver's reason."""
+        log.warning("event=feast_error error=%r", exc)
+        kind = getattr(self.store.config.online_store, "type", "?")
+        reason = str(exc).splitlines()[0][:200] if str(exc) else ""
+        return Unavailable(
+            f"feature store unavailable: the {kind} online store did not answer "
+            f"({type(exc).__name__}: {reason}); retry, and check that it is running"
+        )
 
     def _check_sqlite(self, path: Path) -> None:
         """Fail fast on a missing file; reconnect when the file was replaced (new inode).

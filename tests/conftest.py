@@ -12,6 +12,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 pytest_plugins = [
     "tests.fixtures.postgres",
+    "tests.fixtures.redis",
     "tests.fixtures.data",
     "tests.fixtures.features",
     "tests.fixtures.model",

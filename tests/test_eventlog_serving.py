@@ -31,22 +31,14 @@ def logged_server(
     tiny_feature_repo: Path, tiny_model_dir: Path, event_url: str
 ) -> Iterator[tuple[ranking_pb2_grpc.RankingServiceStub, object]]:
     """A server with its event log on ``event_url``; yields (stub, servicer)."""
-    from serving.__main__ import build_servicer
-    from serving.server import create_server
-    from tests.fixtures.serving import serving_config
+    from tests.fixtures.serving import serving_config, started_server
 
     config = serving_config(tiny_feature_repo, tiny_model_dir, event_log_url=event_url)
-    servicer = build_servicer(config)
-    servicer.start()
-    server, port = create_server(config, servicer)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield ranking_pb2_grpc.RankingServiceStub(channel), servicer
-    finally:
-        channel.close()
-        servicer.shutting_down()
-        server.stop(0).wait()
-        servicer.event_log.close()
+    with started_server(config) as (stub, servicer):
+        try:
+            yield stub, servicer
+        finally:
+            servicer.event_log.close()
 
 
 def candidates(features_dir: Path, n: int) -> list[str]:

@@ -157,5 +157,18 @@ def test_evaluate_trains_on_eval_mode_features(tree: Tree) -> None:
 
 
 def test_an_unknown_store_is_refused(tree: Tree) -> None:
-    plan = tree.plan("serve", "STORE=redis", ok=False)
-    assert "STORE=redis: no feature_repo/feature_store.redis.yaml" in plan
+    plan = tree.plan("serve", "STORE=mysql", ok=False)
+    assert "STORE=mysql: no feature_repo/feature_store.mysql.yaml" in plan
+
+
+def test_redis_store_materializes_and_serves_from_its_own_config(tree: Tree) -> None:
+    """`make materialize-store STORE=redis`, then `make serve STORE=redis`: the Redis
+    template made the data set's, its own stamp, and the server reads that config."""
+    tree.served("a")
+    plan = tree.plan("materialize-store", "STORE=redis", "DATASET=a").replace("\\\n\t", "")
+    assert "--template feature_repo/feature_store.redis.yaml --name a" in plan
+    assert "touch feature_repo/data/a/.materialized-redis" in plan
+    tree.touch("feature_repo/data/a/.materialized-redis")
+    after = tree.plan("serve", "STORE=redis", "DATASET=a")
+    assert serve_line("a", "feature_store.redis.yaml") in after
+    assert "training." not in after

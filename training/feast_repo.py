@@ -17,8 +17,9 @@ which the repo's definitions read, naming the features folder: the data set's so
 Without ``--features`` the repo is applied as it is: its ``feature_store.yaml`` or
 ``$FEAST_FS_YAML_FILE_PATH``, sources as the environment says.
 
-Before Feast runs, the configuration's ``${VAR}``s must all be set and a PostgreSQL online
-store or SQL registry must answer (``FeatureStoreUnavailableError`` otherwise): a failure
+Before Feast runs, the configuration's ``${VAR}``s must all be set (the Redis ones default
+to 127.0.0.1:6379, core/stores.py) and a PostgreSQL or Redis online store or SQL registry
+must answer (``FeatureStoreUnavailableError`` otherwise): a failure
 writes nothing. Why the CLI and not ``FeatureStore.apply`` in-process: see
 docs/FEATURE_STORE.md section 2.
 """
@@ -39,6 +40,7 @@ import yaml
 
 from core.cli import run_cli, setup_logging
 from core.files import write_atomic
+from core.stores import set_store_env_defaults
 
 __all__ = [
     "FEATURES_DIR_ENV",
@@ -134,9 +136,11 @@ def default_config_path(repo: Path) -> Path:
 
 
 def repo_config(repo: Path, fs_yaml: Path):  # -> feast RepoConfig
-    """Load a configuration after checking that every ``${VAR}`` it reads is set."""
+    """Load a configuration after checking that every ``${VAR}`` it reads is set (the
+    Redis variables default to a local Redis, core/stores.py)."""
     from feast.repo_config import load_repo_config
 
+    set_store_env_defaults()
     lines = [ln for ln in Path(fs_yaml).read_text().splitlines() if not ln.lstrip().startswith("#")]
     unset = sorted(set(re.findall(r"\$\{(\w+)\}", os.path.expandvars("\n".join(lines)))))
     if unset:
@@ -144,10 +148,38 @@ def repo_config(repo: Path, fs_yaml: Path):  # -> feast RepoConfig
     return load_repo_config(Path(repo).resolve(), Path(fs_yaml))
 
 
+def check_redis_reachable(online, timeout_s: int = 5) -> None:
+    """PING a Redis online store once (its first host); raise a clear error if down."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    first, *params = online.connection_string.split(",")
+    host, _, port = first.rpartition(":")
+    options = dict(p.split("=", 1) for p in params if "=" in p)
+    client = redis.Redis(
+        host=host, port=int(port or 6379), password=options.get("password") or None,
+        username=options.get("username") or None, socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0),
+    )  # fmt: skip
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise FeatureStoreUnavailableError(
+            f"the Feast online store (Redis) at {host}:{port} is unreachable ({exc}). Start "
+            "Redis or fix TAILRANK_REDIS_HOST / TAILRANK_REDIS_PORT / TAILRANK_REDIS_PASSWORD "
+            "in the environment, or use the default SQLite store (make STORE=sqlite)."
+        ) from exc
+    finally:
+        client.close()
+
+
 def check_store_reachable(config, timeout_s: int = 5) -> None:
-    """Connect once to a PostgreSQL online store / SQL registry; raise a clear error if down."""
+    """Connect once to a PostgreSQL or Redis online store / SQL registry; raise if down."""
     targets: list[tuple[str, str, dict]] = []
     online = config.online_store
+    if getattr(online, "type", None) == "redis" and online.redis_type == "redis":
+        check_redis_reachable(online, timeout_s)
     if getattr(online, "type", None) == "postgres":
         url = f"postgresql+psycopg://{online.user}@{online.host}:{online.port}/{online.database}"
         args = {"password": online.password, "sslmode": online.sslmode or "prefer"}
@@ -214,7 +246,7 @@ def materialize_repo(
 
     ``fs_yaml`` defaults to what the CLI reads; ``features_dir`` sets TAILRANK_FEATURES_DIR
     for the repo's sources. Raises StoreConfigError (unset variables) or
-    FeatureStoreUnavailableError (PostgreSQL down) before Feast writes anything.
+    FeatureStoreUnavailableError (PostgreSQL or Redis down) before Feast writes anything.
     """
     from feast import FeatureStore
 
