@@ -103,6 +103,13 @@ def _cast(field: dataclasses.Field, raw: str) -> object:
     return raw
 
 
+def config_env_names() -> set[str]:
+    """The ``TAILRANK_*`` variables that set a ServerConfig field (others, such as the Feast
+    templates' ``TAILRANK_REDIS_*``, are not the server's settings)."""
+    names = {ENV_PREFIX + field.name.upper() for field in dataclasses.fields(ServerConfig)}
+    return names | {ENV_PREFIX + "NO_EVENT_LOG"}
+
+
 def from_env(env: Mapping[str, str] | None = None) -> dict[str, object]:
     """Field values found in ``TAILRANK_<FIELD>`` variables."""
     env = os.environ if env is None else env

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.contract import ContractError, Manifest, read_vocab
-from serving.config import ServerConfig, to_argv
+from serving.config import ServerConfig, config_env_names, to_argv
 from serving.errors import ConfigError
 from serving.features import FeatureClient
 from serving.itemtable import SHARED_TABLE_ENV
@@ -191,7 +191,9 @@ class Supervisor:
         self._rebuilding = threading.Lock()
         self.command = worker_command(config, port)
         # the config travels as flags: no TAILRANK_* variable may override one of them
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TAILRANK_")}
+        # (the store templates' TAILRANK_REDIS_* and the like do pass through)
+        settings = config_env_names()
+        self.env = {k: v for k, v in os.environ.items() if k not in settings}
         self.env.update(env, **{SUPERVISOR_PID_ENV: str(os.getpid())})
         self.workers: dict[int, Worker] = {}
         self.pending: dict[int, float] = {}  # slot -> monotonic time to restart it

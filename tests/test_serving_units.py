@@ -216,3 +216,18 @@ def test_status_mapping() -> None:
     assert status_for(Unavailable("down"))[0] is grpc.StatusCode.UNAVAILABLE
     code, message = status_for(KeyError("secret"))
     assert code is grpc.StatusCode.INTERNAL and "secret" not in message
+
+
+def test_workers_get_the_store_variables_but_not_the_server_settings(monkeypatch) -> None:
+    """The supervisor passes its config to workers as flags, so no TAILRANK_<FIELD> may
+    override one; variables the Feast templates read (TAILRANK_REDIS_*) must still pass."""
+    from serving.config import config_env_names
+    from serving.supervisor import Supervisor
+
+    monkeypatch.setenv("TAILRANK_PORT", "1")
+    monkeypatch.setenv("TAILRANK_NO_EVENT_LOG", "1")
+    monkeypatch.setenv("TAILRANK_REDIS_HOST", "redis.internal")
+    supervisor = Supervisor(ServerConfig(), 50051, {})
+    assert "TAILRANK_PORT" in config_env_names()
+    assert "TAILRANK_PORT" not in supervisor.env and "TAILRANK_NO_EVENT_LOG" not in supervisor.env
+    assert supervisor.env["TAILRANK_REDIS_HOST"] == "redis.internal"
