@@ -25,8 +25,9 @@ import numpy as np
 import onnxruntime as ort
 
 from core import contract
+from core.providers import CUDA
 from serving.errors import ConfigError
-from serving.inference import CUDA, Model, _session
+from serving.inference import Model, _session
 
 
 def time_session(session: ort.InferenceSession, feeds: list[dict], runs: int) -> list[float]:

@@ -16,39 +16,27 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from core import contract
+from core import contract, providers
 from core.contract import ContractError, Manifest
 from serving.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
-
 
 def choose_providers(requested: str, available: list[str]) -> list[str]:
-    """Providers to ask ORT for: ``auto`` = CUDA when available, else CPU."""
-    if requested == "cpu":
-        return [CPU]
-    if requested == "cuda":
-        if CUDA not in available:
-            raise ConfigError(
-                "provider cuda asked for but onnxruntime has no CUDAExecutionProvider "
-                f"(available: {available}); run `make install-gpu` or use --provider cpu"
-            )
-        return [CUDA, CPU]
-    if requested == "auto":
-        return [CUDA, CPU] if CUDA in available else [CPU]
-    raise ConfigError(f"provider must be auto, cpu or cuda, got {requested!r}")
+    """``core.providers.choose_providers``, its refusal as a start-up ConfigError."""
+    try:
+        return providers.choose_providers(requested, available)
+    except providers.ProviderError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def check_running(requested: str, asked: list[str], running: list[str]) -> str:
-    """The provider really running; a silent fall back from CUDA to CPU is an error."""
-    if asked[0] == CUDA and (not running or running[0] != CUDA):
-        message = f"CUDA provider asked for ({requested}) but the session runs on {running}"
-        if requested == "cuda":
-            raise ConfigError(message + ": check the CUDA/cuDNN install or use --provider cpu")
-        log.warning("event=provider_fallback %s", message)
-    return running[0]
+    """``core.providers.check_running``, its refusal as a start-up ConfigError."""
+    try:
+        return providers.check_running(requested, asked, running)
+    except providers.ProviderError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 class Model:

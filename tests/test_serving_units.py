@@ -12,10 +12,11 @@ import grpc
 import numpy as np
 import pytest
 
+from core.providers import CPU, CUDA
 from serving.api.tailrank.v1 import ranking_pb2
 from serving.config import ServerConfig, load_config, to_argv
 from serving.errors import ConfigError, InvalidArgument, Unavailable, status_for
-from serving.inference import CPU, CUDA, check_running, choose_providers
+from serving.inference import check_running, choose_providers
 from serving.server import validate
 
 

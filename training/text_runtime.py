@@ -24,34 +24,14 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from core.providers import check_running, choose_providers
+
 log = logging.getLogger(__name__)
 
-CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "sentence_embedding"
 GRAPH_FILES = {"fp32": "encoder-fp32.onnx", "int8": "encoder-int8.onnx"}
 DEFAULT_MAX_SEQ_LENGTH = 256  # sentence-transformers' value for all-MiniLM-L6-v2
-
-
-class ProviderError(ValueError):
-    """The execution provider asked for is not available or not the one running."""
-
-
-def choose_providers(requested: str, available: list[str]) -> list[str]:
-    """Providers to ask ORT for: ``auto`` = CUDA when available, else CPU (the rule of
-    ``serving.inference.choose_providers``, repeated here: training may not import serving)."""
-    if requested == "cpu":
-        return [CPU]
-    if requested == "cuda":
-        if CUDA not in available:
-            raise ProviderError(
-                "provider cuda asked for but onnxruntime has no CUDAExecutionProvider "
-                f"(available: {available}); install onnxruntime-gpu or use provider cpu"
-            )
-        return [CUDA, CPU]
-    if requested == "auto":
-        return [CUDA, CPU] if CUDA in available else [CPU]
-    raise ProviderError(f"provider must be auto, cpu or cuda, got {requested!r}")
 
 
 def max_seq_length(model_dir: Path) -> int:
@@ -91,13 +71,7 @@ class OnnxTextEncoder:
         options.intra_op_num_threads = threads  # 0 = ORT's default, one per core
         asked = choose_providers(provider, ort.get_available_providers())
         self.session = ort.InferenceSession(str(graph), options, providers=asked)
-        running = self.session.get_providers()
-        if asked[0] == CUDA and running[0] != CUDA:
-            message = f"CUDA provider asked for ({provider}) but the session runs on {running}"
-            if provider == "cuda":
-                raise ProviderError(message)
-            log.warning("event=provider_fallback %s", message)
-        self.provider = running[0]
+        self.provider = check_running(provider, asked, self.session.get_providers())
         self.dim = int(self.session.get_outputs()[0].shape[1])
 
     def run_batch(self, ids: list[list[int]]) -> np.ndarray:
