@@ -50,8 +50,7 @@ def configure_logging(level: str = "INFO") -> None:
 def build_servicer(config: ServerConfig) -> RankingServicer:
     """Model, feature client and event log from the config; not yet started."""
     model = Model(config.model, provider=config.provider, threads=config.ort_threads)
-    refs = model.manifest.feature_refs
-    features = FeatureClient(config.repo, model.content_dim, refs, fs_yaml=config.fs_yaml)
+    features = FeatureClient(config.repo, model.content_dim, fs_yaml=config.fs_yaml)
     event_log = None
     if config.event_log_url:
         from serving.eventlog import EventLog

@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,11 +51,6 @@ class ItemRows:
     vocab_idx: np.ndarray  # int64 [N], the model's index, 0 = unknown to the model
 
 
-def _refs(view: str, fields: Iterable[str], extra: Sequence[str]) -> list[str]:
-    refs = [f"{view}:{name}" for name in fields]
-    return refs + [r for r in extra if r.startswith(view + ":") and r not in refs]
-
-
 class FeatureClient:
     """Reads user and item features from a Feast online store, with an item table."""
 
@@ -63,7 +58,6 @@ class FeatureClient:
         self,
         repo: Path,
         content_dim: int,
-        manifest_refs: dict | None = None,
         fs_yaml: Path | None = None,
     ) -> None:
         env_yaml = os.environ.get("FEAST_FS_YAML_FILE_PATH")  # what the feast CLI reads
@@ -77,9 +71,6 @@ class FeatureClient:
         set_store_env_defaults()  # a Redis yaml without TAILRANK_REDIS_*: the local Redis
         self.store = self._open_store()
         self.content_dim = content_dim
-        refs = manifest_refs or {}
-        self.user_refs = _refs(schema.USER_VIEW, contract.SERVING_USER_FIELDS, refs.get("user", []))
-        self.item_refs = _refs(schema.ITEM_VIEW, contract.SERVING_ITEM_FIELDS, refs.get("item", []))
         self._views = self._load_views()
         self.sqlite_path = self._sqlite_file()
         self.miss_ttl_s = MISS_TTL_S
@@ -116,21 +107,13 @@ class FeatureClient:
         path = Path(cfg.path)
         return path if path.is_absolute() else Path(self.store.repo_path) / path
 
-    def _online(self, refs: list[str], key: str, ids: Sequence[str]) -> dict[str, list]:
-        """One get_online_features call; any store failure becomes Unavailable."""
-        if self.sqlite_path is not None:
-            self._check_sqlite(self.sqlite_path)
-        try:
-            return self.store.get_online_features(refs, {key: list(ids)}).to_dict()
-        except Exception as exc:  # sqlite3/psycopg/redis errors have no common base
-            raise self._unavailable(exc) from exc
-
     def _read(self, view: str, key: str, ids: Sequence[str], fields: list[str]) -> list:
         """One ``online_read`` of ``fields`` for ``ids``: per id a ``{field: ValueProto}``
         or None when the store does not hold it. Store failures become Unavailable.
 
         Feast's public Provider API, what ``get_online_features`` calls underneath, minus
-        the request planning and response conversion (5x faster for one user). It skips
+        the request planning and response conversion (5x faster for one user). The only
+        read path: requests, the item table and the start-up probe all use it. It skips
         the view's TTL, so the TTL is applied here (tailrank's views have none).
         """
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -188,7 +171,8 @@ class FeatureClient:
     # --- users ---------------------------------------------------------------------------
     def user_history(self, user_id: str) -> list[str] | None:
         """The user's history (oldest first), or None when Feast does not know the user."""
-        (row,) = self._read(schema.USER_VIEW, schema.USER_ID, [user_id], [schema.HISTORY])
+        fields = list(contract.SERVING_USER_FIELDS)
+        (row,) = self._read(schema.USER_VIEW, schema.USER_ID, [user_id], fields)
         value = None if row is None else row.get(schema.HISTORY)
         if value is None or value.WhichOneof("val") != "string_list_val":
             return None
@@ -341,7 +325,8 @@ class FeatureClient:
 
     def check_store(self) -> None:
         """Raise Unavailable when the online store cannot answer (used at start-up)."""
-        self._online(self.user_refs, schema.USER_ID, ["__tailrank_probe__"])
+        fields = list(contract.SERVING_USER_FIELDS)
+        self._read(schema.USER_VIEW, schema.USER_ID, ["__tailrank_probe__"], fields)
 
 
 def _int(value) -> int:  # a ValueProto int64 (None or unset = 0)

@@ -148,9 +148,7 @@ class SharedTable:
             _, self.vocab = read_vocab(config.model, manifest)
         except ContractError as exc:
             raise ConfigError(str(exc)) from exc
-        self.features = FeatureClient(
-            config.repo, manifest.content_dim, manifest.feature_refs, fs_yaml=config.fs_yaml
-        )
+        self.features = FeatureClient(config.repo, manifest.content_dim, fs_yaml=config.fs_yaml)
         self.path, self.batch_size = path, config.cache_batch_size
 
     def build(self) -> int:
