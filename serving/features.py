@@ -268,11 +268,11 @@ class FeatureClient:
         self, ids: Sequence[str], vocab: Mapping[str, int] | None = None, use_cache: bool = True
     ) -> tuple[ItemRows, int]:
         """Features for ``ids``: the table, then recent lookups, then Feast; returns (rows,
-        hits: distinct ids served without a Feast read). ``vocab`` (the model's id ->
-        index) gives the index of an id the table does not hold (default: 0)."""
+        the number of distinct ids read from Feast). ``vocab`` (the model's id -> index)
+        gives the index of an id the table does not hold (default: 0)."""
         vocab = vocab or {}
         if not use_cache:
-            return self.fetch_items(ids, vocab), 0
+            return self.fetch_items(ids, vocab), len(set(ids))
         table = self._table
         rows = table.rows(ids)
         known = rows >= 0
@@ -281,7 +281,7 @@ class FeatureClient:
         got = ItemRows(ids, known, table.content[rows], table.count[rows],
                        table.is_tail[rows], table.vocab_idx[rows])  # fmt: skip
         sent = 0 if known.all() else self._fill_misses(got, np.flatnonzero(~known), vocab)
-        return got, len(set(ids)) - sent
+        return got, sent
 
     def _fill_misses(self, got: ItemRows, miss: np.ndarray, vocab: Mapping[str, int]) -> int:
         """Fill the rows the table lacks in place: from ids looked up in the last

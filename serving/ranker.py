@@ -91,10 +91,10 @@ class Ranker:
         history = self.features.user_history(args.user_id)
         hist = (history or [])[-self.model.history_len :]
         lookup = [*args.candidates, *hist]
-        rows, hits = self.features.items(lookup, self.model.item_index, use_cache=self.item_cache)
+        rows, fetched = self.features.items(lookup, self.model.item_index, self.item_cache)
         # counted per distinct id, as one lookup each (a history item may be a candidate)
-        metrics.CACHE_HITS.inc(hits)
-        metrics.CACHE_MISSES.inc(len(set(lookup)) - hits)
+        metrics.CACHE_HITS.inc(len(set(lookup)) - fetched)
+        metrics.CACHE_MISSES.inc(fetched)
         n = len(args.candidates)
         return Gathered(history is None, n, rows, np.flatnonzero(rows.known[:n]))
 

@@ -229,8 +229,8 @@ def test_cache_refresh_swaps_in_a_full_table(
         assert served_is_tail() is was_tail  # the cache still serves the old row
         assert servicer.refresh_cache()
         assert served_is_tail() is not was_tail
-        rows, hits = servicer.features.items([item])
-        assert hits == 1 and rows.count.tolist() == [12345]  # from the new table, not Feast
+        rows, fetched = servicer.features.items([item])
+        assert fetched == 0 and rows.count.tolist() == [12345]  # from the new table, not Feast
         assert servicer.features.cache_size == size  # every item again, not just the changed one
     finally:
         channel.close()
