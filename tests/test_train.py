@@ -183,19 +183,19 @@ def test_cli_trains_and_never_evaluates(cluster_dirs, tmp_path: Path, mode: str)
 
 
 def test_popularity_sampler_and_its_log_q_correction(cluster_dirs) -> None:
-    from training.train import make_batch, sampling_distribution
+    from training.train import NegativeSampler, make_batch, sampling_distribution
 
     data = ds.load_training_data(*cluster_dirs, "eval", 5, 0.0, 0)
     config = TrainConfig(sampler="popularity", pop_alpha=1.0, negatives=3, id_dropout=0.0)
     q = sampling_distribution(data, config)
     assert np.allclose(q, data.train_counts / data.train_counts.sum())
-    batch = make_batch(data, np.arange(6), q, config, np.random.default_rng(0))
+    batch = make_batch(data, np.arange(6), NegativeSampler(q), config, np.random.default_rng(0))
     assert batch.labels[:, 0].eq(1).all() and batch.labels[:, 1:].eq(0).all()
     rows = batch.content_table.shape[0]
     assert batch.hist_content.max() < rows and batch.item_content.max() < rows
     uniform = TrainConfig(sampler="uniform", negatives=3)
-    plain = make_batch(data, np.arange(6), sampling_distribution(data, uniform), uniform,
-                       np.random.default_rng(0))  # fmt: skip
+    sampler = NegativeSampler(sampling_distribution(data, uniform))
+    plain = make_batch(data, np.arange(6), sampler, uniform, np.random.default_rng(0))
     assert plain.logq.eq(0).all()  # uniform needs no correction
     n = np.count_nonzero(q)
     item = data.train_items[0]

@@ -54,12 +54,15 @@ class TrainConfig:
     logq_weight: float = 1.0  # strength of the log-Q correction for the popularity sampler
     loss: str = "bce"  # bce (per candidate) | softmax (sampled softmax over positive + negatives)
     catalogue_softmax: float = 1.0  # weight of the full-catalogue softmax on (u + s).v (0 = off)
+    full_softmax_max_items: int = 20_000  # larger vocabularies: sampled catalogue softmax
+    catalogue_negatives: int = 2048  # sampled catalogue softmax: uniform items shared by a batch
     bce_weight: float = 0.0  # softmax loss: weight of an added BCE term (keeps `prob` calibrated)
     # --- optimisation -----------------------------------------------------------------
-    batch_size: int = 512  # positives per step (each with `negatives` negatives)
+    batch_size: int = 512  # positives per step over all torchrun processes (each: its share)
     lr: float = 3e-3  # Adam learning rate
     lr_schedule: str = "constant"  # constant | cosine (per step from lr down to 0 at `epochs`)
     weight_decay: float = 0.0  # Adam weight decay (every parameter, embeddings included)
+    sparse_embeddings: str = "auto"  # on | off | auto (on above 100k ID rows; off under NCCL)
     embedding_l2: float = 1e-6  # L2 on the embedding rows a batch touches
     epochs: int = 16  # upper bound; early stopping may end sooner
     patience: int = 3  # epochs without a better validation NDCG@10 before stopping
@@ -90,6 +93,9 @@ class TrainConfig:
             "seq_layers": (self.seq_layers >= 0, ">= 0"),
             "seq_heads": (self.seq_heads >= 1, ">= 1"),
             "catalogue_softmax": (self.catalogue_softmax >= 0.0, ">= 0"),
+            "full_softmax_max_items": (self.full_softmax_max_items >= 0, ">= 0"),
+            "catalogue_negatives": (self.catalogue_negatives >= 1, ">= 1"),
+            "sparse_embeddings": (self.sparse_embeddings in ("auto", "on", "off"), "auto|on|off"),
             "negatives": (self.negatives >= 1, ">= 1"),
             "embedding_dim": (self.embedding_dim >= 1, ">= 1"),
             "batch_size": (self.batch_size >= 1, ">= 1"),

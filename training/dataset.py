@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,13 @@ class Batch:
     labels: Tensor | None = None  # [B, M] float32
     logq: Tensor | None = None  # [B, M] float32, subtracted from logits in the loss
     content_table: Tensor | None = None  # [R, C] float32 (training batches only)
+    # the catalogue softmax of training (``training.train``): each positive's vocabulary
+    # index, the items shown as new in it, and, when it is sampled, the K sampled items
+    targets: Tensor | None = None  # [B] int64 vocabulary index of each positive
+    cat_drop: Tensor | None = None  # [n_items + 1] or [K] bool
+    cat_items: Tensor | None = None  # [K] int64 vocabulary index (None: every item)
+    cat_content: Tensor | None = None  # [K, C] float32
+    cat_logq: Tensor | None = None  # [K] float32 log expected draws, subtracted from logits
 
     def to(self, device: torch.device | str) -> Batch:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -94,6 +102,20 @@ class TrainingData:
     @property
     def pad(self) -> int:
         return len(self.item_ids)
+
+    @cached_property
+    def vocab_rows(self) -> np.ndarray:
+        """[n_items + 1] catalogue row of each vocabulary index (row 0 -> the padding row,
+        zero content): content by vocabulary index without copying the content table."""
+        rows = np.full(len(self.item_vocab) + 1, self.pad, dtype=np.int64)
+        known = self.item_to_vocab[:-1] > 0
+        rows[self.item_to_vocab[:-1][known]] = np.flatnonzero(known)
+        return rows
+
+    @cached_property
+    def padded_counts(self) -> np.ndarray:
+        """[I + 1] float32 training counts by catalogue row (the padding row: 0)."""
+        return np.r_[self.train_counts, 0].astype(np.float32)
 
     def vocab_counts(self) -> np.ndarray:
         """[n_items + 1] float32 counts by vocabulary index (the model's buffer)."""
@@ -269,9 +291,8 @@ def user_side(
 def item_side(data: TrainingData, items: np.ndarray, content: bool = True) -> dict:
     """Model candidate tensors for catalogue items of any shape [...]; ``content=False``
     leaves ``item_content`` None (training batches fill it with rows)."""
-    counts = np.r_[data.train_counts, 0].astype(np.float32)
     return {
         "item_idx": torch.from_numpy(data.item_to_vocab[items]),
         "item_content": torch.from_numpy(data.content[items]) if content else None,
-        "item_count": torch.from_numpy(counts[items]),
+        "item_count": torch.from_numpy(data.padded_counts[items]),
     }

@@ -168,14 +168,21 @@ class FusionCTR(nn.Module):
     """Click logit for (user, candidate) from IDs, content, counts and history."""
 
     def __init__(
-        self, config: TrainConfig, n_users: int, n_items: int, item_counts: Tensor | None = None
+        self,
+        config: TrainConfig,
+        n_users: int,
+        n_items: int,
+        item_counts: Tensor | None = None,
+        sparse: bool = False,
     ) -> None:
-        """n_users / n_items are vocabulary sizes without the reserved row 0."""
+        """n_users / n_items are vocabulary sizes without the reserved row 0. `sparse`
+        gives the ID embeddings sparse gradients (training with ``torch.optim.SparseAdam``
+        on large vocabularies); it changes nothing in the forward pass or the weights."""
         super().__init__()
         d = config.embedding_dim
         self.config = config
-        self.user_emb = nn.Embedding(n_users + 1, d)
-        self.item_emb = nn.Embedding(n_items + 1, d)
+        self.user_emb = nn.Embedding(n_users + 1, d, sparse=sparse)
+        self.item_emb = nn.Embedding(n_items + 1, d, sparse=sparse)
         nn.init.normal_(self.user_emb.weight, std=0.05)
         nn.init.normal_(self.item_emb.weight, std=0.05)
         self.content_proj = nn.Linear(config.content_dim, d)
@@ -223,12 +230,20 @@ class FusionCTR(nn.Module):
         the dot-product part of the logit, for the full-catalogue softmax in training.
         `drop` [n_items + 1] bool shows those items as new ones (unknown row, count 0), so
         that content-only items learn to compete with the whole catalogue too."""
-        query = side.user if side.seq is None else side.user + side.seq
         idx = torch.arange(vocab_proj.shape[0], device=vocab_proj.device)
-        counts = self.item_counts
+        return self.dot_logits(side, idx, vocab_proj, drop)
+
+    def dot_logits(
+        self, side: UserSide, idx: Tensor, proj: Tensor, drop: Tensor | None = None
+    ) -> Tensor:
+        """[B, K] (u + s).v of K vocabulary items `idx` [K] with projected content `proj`
+        [K, d]; `drop` [K] bool shows those as new items (unknown row, count 0). The
+        catalogue softmax's logits, over every item or over a sample of them."""
+        query = side.user if side.seq is None else side.user + side.seq
+        counts = self.item_counts[idx]
         if drop is not None:
             idx, counts = idx.masked_fill(drop, 0), counts.masked_fill(drop, 0.0)
-        items = self.item_repr(idx, vocab_proj, counts)  # [n_items + 1, d]
+        items = self.item_repr(idx, proj, counts)  # [K, d]
         return query.squeeze(1) @ items.T
 
     def score(
@@ -322,7 +337,11 @@ class ExportWrapper(nn.Module):
 
 
 def build_model(
-    config: TrainConfig, n_users: int, n_items: int, item_counts: Tensor | None = None
+    config: TrainConfig,
+    n_users: int,
+    n_items: int,
+    item_counts: Tensor | None = None,
+    sparse: bool = False,
 ) -> FusionCTR:
     """Create a FusionCTR for vocabularies of n_users users and n_items items."""
-    return FusionCTR(config, n_users, n_items, item_counts)
+    return FusionCTR(config, n_users, n_items, item_counts, sparse)
