@@ -5,6 +5,7 @@ Run::
     python -m training.train --data data/movielens-100k \\
         --features feature_repo/data/movielens-100k \\
         --mode deploy --out artifacts/movielens-100k [--epochs 20 --sampler uniform ...]
+    torchrun --standalone --nproc_per_node 2 -m training.train ... --export
 
 Every training interaction (u, i at time t) is a positive whose history is the user's
 items before t (causal, last `history_len`); it gets `negatives` sampled items:
@@ -29,17 +30,25 @@ The loss (`loss`) sees the (corrected) logits of each positive and its negatives
   shift per (user, history), so `bce_weight` > 0 adds the BCE term with that weight to
   keep `prob` = sigmoid(logit) usable as a click probability.
 
-On top of that loss, `catalogue_softmax` (weight, default 1) adds a full-catalogue
-softmax: the cross-entropy of each positive against EVERY vocabulary item, on the
-model's dot-product part (u + s).v (`FusionCTR.catalogue_logits`; s is the sequence
-encoder's state). Full ranking asks the model to put the next item above all 1-2k
-others, popular ones above all, which a handful of random negatives never shows it; on a
-catalogue of this size the whole softmax is one [B, d] x [d, I] product per step. The
-same `id_dropout` share of the catalogue is shown there as new items (unknown row,
-count 0) each step, so content-only items learn to compete with the whole catalogue.
-The BCE term stays: it is what keeps `prob` a click probability. Its cost grows with the
-catalogue: [batch, items] logits per step (512 x 100k items is 0.2 GB and about 5 GFLOP
-with the backward pass); far larger catalogues want a sampled softmax there instead.
+On top of that loss, `catalogue_softmax` (weight, default 1) adds a catalogue softmax: the
+cross-entropy of each positive against the catalogue, on the model's dot-product part
+(u + s).v (`FusionCTR.dot_logits`; s is the sequence encoder's state). Full ranking asks
+the model to put the next item above all others, popular ones above all, which a handful
+of random negatives never shows it. Up to `full_softmax_max_items` vocabulary items
+(20,000) it is the full softmax, one [B, d] x [d, I] product per step; above, a sampled
+softmax over the batch's own positives plus `catalogue_negatives` uniform items, with
+the log-Q correction and accidental hits masked (`sampled_catalogue_loss`), so a step
+costs the same at 1M items as at 10k. The same `id_dropout` share of those items is
+shown as new items (unknown row, count 0) each step, so content-only items learn to
+compete with the catalogue too. The BCE term stays: it keeps `prob` a click probability.
+Above 100k ID rows the embeddings get sparse gradients and SparseAdam
+(`sparse_embeddings`), so an optimiser step touches only the rows of the batch.
+
+Epochs stream: `EpochBatches` (a torch.utils.data IterableDataset) cuts each batch's
+[batch, history_len] histories from the [events] arrays as it is consumed. Under
+torchrun (`training.distributed`) each rank takes its shard of the same permutation and
+its share of the global `batch_size`; DDP averages the gradients; rank 0 validates,
+checkpoints and, with `--export`, exports. docs/TRAINING.md has the launch commands.
 
 Options: `history_skip` ends that share of training histories one item early (the model
 then also learns from stale histories, as when the feature store lags behind);
@@ -504,9 +513,12 @@ def _train(
         "min_head_count": int(head.min() if head.size else 0),
     }
     best, best_epoch, started, trained_steps = -1.0, -1, time.perf_counter(), 0
+    stepping = 0.0  # seconds in training steps (validation excluded)
     holdout = valid_subset(data.valid, config)
     for epoch in range(1, config.epochs + 1):
+        epoch_started = time.perf_counter()
         loss = train_epoch(step, batches, optimizers, device, schedulers, cluster.main)
+        stepping += time.perf_counter() - epoch_started
         trained_steps += steps
         if cluster.main:
             writer.add_scalar("train/loss", loss, epoch)
@@ -535,7 +547,8 @@ def _train(
         f"valid_NDCG@{config.k}": best,
         "train_seconds": round(seconds, 2),
         "steps": trained_steps,
-        "events_per_second": round(events / max(seconds, 1e-9), 1),  # validation included
+        "events_per_second": round(events / max(stepping, 1e-9), 1),  # training steps only
+        "step_seconds": round(stepping, 2),
         "world_size": cluster.world,
         "device": str(device),
         **meta,
