@@ -46,7 +46,7 @@ PORT ?= 50051
 METRICS_PORT ?= 9100
 
 .PHONY: install install-gpu data features materialize materialize-store model evaluate serve \
-	test lint protos bench clean help
+	test lint protos bench scale clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -123,6 +123,13 @@ protos: $(STAMP)  ## regenerate the checked-in gRPC stubs under serving/api
 
 bench: $(RUN_DIR)/model.onnx $(MATERIALIZED)  ## every benchmark of docs/BENCHMARKS.md (tens of minutes)
 	$(PY) -m benchmarks.run
+
+# The synthetic shop at SIZES (10k 100k 1m, docs/BENCHMARKS.md "Scale") through this
+# Makefile's pipeline, each stage measured; SCALE_ARGS adds flags (--train-steps 200 ...).
+SIZES ?= 10k
+SCALE_ARGS ?=
+scale: | $(STAMP)  ## scale benchmark: data -> serving at SIZES=10k|100k|1m (minutes to hours)
+	$(PY) -m benchmarks.scale --sizes $(SIZES) --json artifacts/scale/scale.json $(SCALE_ARGS)
 
 clean:  ## remove built data, features and models of every data set (keeps .venv)
 	rm -rf data artifacts runs

@@ -62,10 +62,10 @@ def processes_up(metrics_port: int) -> float:
     )
 
 
-def start(
+def launch(
     repo: Path, model: Path, fs_yaml: Path | None, processes: int, args: argparse.Namespace
-) -> tuple[subprocess.Popen, str]:
-    """``python -m serving`` on a free port; returns once every process is SERVING."""
+) -> tuple[subprocess.Popen, str, int]:
+    """``python -m serving`` on a free port, not waited for: (process, target, metrics port)."""
     port, metrics_port = free_port(), free_port()
     argv = [sys.executable, "-m", "serving", "--repo", str(repo), "--model", str(model),
             "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port),
@@ -74,13 +74,33 @@ def start(
             "--grace-s", "5"]  # fmt: skip
     argv += ["--fs-yaml", str(fs_yaml)] if fs_yaml else []
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
+    return proc, f"127.0.0.1:{port}", metrics_port
+
+
+def wait_up(
+    proc: subprocess.Popen,
+    metrics_port: int,
+    processes: int,
+    timeout_s: float = 300,
+    poll_s: float = 0.5,
+) -> None:
+    """Return once every process is SERVING (its /metrics says so, polled every
+    ``poll_s``); kill and raise if the server exits or ``timeout_s`` passes first."""
+    deadline = time.monotonic() + timeout_s
     while processes_up(metrics_port) < processes:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError(f"python -m serving --processes {processes} did not start")
-        time.sleep(0.5)
-    return proc, f"127.0.0.1:{port}"
+        time.sleep(poll_s)
+
+
+def start(
+    repo: Path, model: Path, fs_yaml: Path | None, processes: int, args: argparse.Namespace
+) -> tuple[subprocess.Popen, str]:
+    """``python -m serving`` on a free port; returns once every process is SERVING."""
+    proc, target, metrics_port = launch(repo, model, fs_yaml, processes, args)
+    wait_up(proc, metrics_port, processes)
+    return proc, target
 
 
 def stop(proc: subprocess.Popen) -> None:

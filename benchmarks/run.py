@@ -3,6 +3,7 @@
     python -m benchmarks.run                      # all of them (tens of minutes on 2 cores)
     python -m benchmarks.run --only serving eventlog
     python -m benchmarks.run --list
+    python -m benchmarks.run --only scale         # opt-in: not part of a plain run
 
 Each benchmark runs as its own process with the arguments docs/BENCHMARKS.md quotes, so
 a figure there can be reproduced by copying one line of this table. Benchmarks print their
@@ -91,7 +92,21 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
             "8",
         ],
     ),
+    "scale": (
+        "synthetic shop at 10k items through data -> serving, each stage timed (opt-in)",
+        [
+            "benchmarks.scale",
+            "--sizes",
+            "10k",
+            "--train-steps",
+            "200",
+            "--json",
+            "artifacts/scale/scale-10k.json",
+        ],
+    ),  # fmt: skip
 }
+# run only when named with --only: they take long (benchmarks.scale: 10-15 min at 10k)
+OPT_IN = {"scale"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -104,7 +119,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         choices=sorted(BENCHMARKS),
         metavar="NAME",
-        help=f"run only these ({', '.join(BENCHMARKS)})",
+        help=f"run only these ({', '.join(BENCHMARKS)}; {', '.join(OPT_IN)} only when named)",
     )
     p.add_argument("--list", action="store_true", help="print the benchmarks and their commands")
     return p.parse_args(argv)
@@ -113,9 +128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    selected = args.only or list(BENCHMARKS)
-    if args.list:
-        for name in selected:
+    selected = args.only or [name for name in BENCHMARKS if name not in OPT_IN]
+    if args.list:  # every benchmark, the opt-in ones too
+        for name in args.only or BENCHMARKS:
             what, cmd = BENCHMARKS[name]
             print(f"{name:18s} {what}\n{'':18s} python -m {' '.join(cmd)}")
         return 0
