@@ -28,13 +28,13 @@ moved into the work folder:
 - ``materialize`` [materialize]: ``training.feast_repo`` (``feast apply`` +
   ``feast materialize`` into the ``--store`` online store); rows/s = item + user rows;
 - ``train`` [model]: ``training.train --mode deploy``; events/s = events trained (epochs
-  run x steps x batch) / seconds of the training loop, read from the run's TensorBoard
-  log (``epoch_times``: data loading and the validation passes excluded; validation is
+  run x steps x batch) / seconds of the training steps, from the run's
+  ``train_summary.json`` (data loading and the validation passes excluded; validation is
   reported apart). ``--train-steps N`` caps the run at N steps per epoch and
   ``--train-epochs`` epochs (``--max-steps-per-epoch``, ``--epochs``); the report then
   says "capped" and extrapolates a full epoch (train events / measured events/s) and the
   Makefile's full run (its ``--epochs`` upper bound, before early stopping, each epoch with
-  a validation pass over every validation user);
+  a validation pass over the run's validation sample);
 - ``export`` [model]: ``training.export``; throughput: none (the ONNX file's size is
   reported);
 - ``serve`` [serve]: ``python -m serving`` started as ``benchmarks.processes.start``
@@ -272,56 +272,34 @@ def materialize_figures(row: dict, paths: Paths) -> dict:
     return {"rows": rows, "rows_per_s": rows / row["wall_s"]}
 
 
-def epoch_times(run: Path) -> tuple[list[float], list[float]]:
-    """Seconds of each epoch's training loop and of each validation pass, from the run's
-    TensorBoard log: training writes ``train/loss`` when an epoch's loop ends and
-    ``valid/NDCG@10`` when its validation ends; the log's first event is written just
-    before the first epoch (data loading and model building excluded)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run / "tensorboard"))
-    events.Reload()
-    tags = events.Tags()["scalars"]
-    loss = {e.step: e.wall_time for e in events.Scalars("train/loss")}
-    valid_tag = next((t for t in tags if t.startswith("valid/NDCG@")), None)
-    valid = {e.step: e.wall_time for e in events.Scalars(valid_tag)} if valid_tag else {}
-    loops, checks, previous = [], [], events.FirstEventTimestamp()
-    for epoch in sorted(loss):
-        loops.append(loss[epoch] - previous)
-        previous = loss[epoch]
-        if epoch in valid:
-            checks.append(valid[epoch] - loss[epoch])
-            previous = valid[epoch]
-    return loops, checks
-
-
 def train_figures(run: Path, counts: dict, mode: str) -> dict:
-    """Events/s of the training loop (``epoch_times``: validation excluded, reported
-    apart); the Makefile's full run extrapolated when this one was capped (fewer steps per
-    epoch or fewer epochs): epochs x (train events / events/s + a validation pass over
-    every validation user, scaled from the measured pass by the users it covered)."""
+    """Events/s of the training steps (``train_summary.json``: validation excluded,
+    reported apart); the Makefile's full run extrapolated when this one was capped (fewer
+    steps per epoch or fewer epochs): epochs x (train events / events/s + a validation
+    pass over the run's validation sample)."""
     from training.config import TrainConfig
 
     config = _json(run / "config.json")
+    summary = _json(run / "train_summary.json")
     train_events = counts["train_events"] + (counts["valid_events"] if mode == "deploy" else 0)
-    loops, checks = epoch_times(run)
     full_steps = -(-train_events // config["batch_size"])
     steps = min(full_steps, config["max_steps_per_epoch"] or full_steps)
-    trained = len(loops) * min(steps * config["batch_size"], train_events)
-    rate = trained / sum(loops)
+    epochs = max(summary["steps"] // max(steps, 1), 1)
+    rate = summary["events_per_second"]
+    validation = summary["train_seconds"] - summary["step_seconds"]
     full_epochs = TrainConfig().epochs  # the Makefile's run: the default upper bound
     holdout = counts["test_events"]  # one validation case per user with >= 3 events
     covered = min(config["valid_users"] or holdout, holdout)
-    out = {"train_events": train_events, "epochs_run": len(loops), "steps_per_epoch": steps,
+    out = {"train_events": train_events, "epochs_run": epochs, "steps_per_epoch": steps,
            "full_steps_per_epoch": full_steps, "batch_size": config["batch_size"],
-           "events_trained": trained, "train_loop_s": sum(loops), "events_per_s": rate,
-           "validation_s": sum(checks), "validation_users": covered,
-           "train_seconds": _json(run / "train_summary.json")["train_seconds"],
+           "events_trained": summary["steps"] * config["batch_size"],
+           "train_loop_s": summary["step_seconds"], "events_per_s": rate,
+           "validation_s": validation, "validation_users": covered,
+           "train_seconds": summary["train_seconds"],
            "capped": steps < full_steps or config["epochs"] < full_epochs}  # fmt: skip
     if out["capped"]:
-        valid_pass = (sum(checks) / max(len(checks), 1)) * holdout / max(covered, 1)
         out["full_epoch_s_est"] = train_events / rate
-        out["full_run_s_est"] = full_epochs * (train_events / rate + valid_pass)
+        out["full_run_s_est"] = full_epochs * (train_events / rate + validation / epochs)
         out["full_run_epochs"] = full_epochs
     return out
 
@@ -387,11 +365,16 @@ def reference_server(args: argparse.Namespace, pool: ProcessPoolExecutor) -> dic
 def estimate_needs(size: Size) -> dict[str, float]:
     """Rough bytes of disk and memory a size needs (a sanity check, not a model): tables
     at ~150 B/event over their copies, 384-d float32 content vectors in two feature sets
-    and the cache, and a training peak of the catalogue softmax's [batch, items] logits
-    with their gradients (x8) or the events in pandas (~300 B/event), whichever is larger."""
+    and the cache, and a training peak of the full catalogue softmax's [batch, items]
+    logits with their gradients (x8; only up to ``full_softmax_max_items``, above which it
+    is sampled) or the events in pandas (~300 B/event), whichever is larger. Training
+    checks its own needs precisely before its first step (``training.train.check_fits``)."""
+    from training.config import TrainConfig
+
     vectors = size.items * 384 * 4
     disk = size.events * 150 + 3 * vectors + size.users * 50 * 16
-    ram = max(size.events * 300, 512 * size.items * 4 * 8) + 4 * vectors
+    full = size.items <= TrainConfig().full_softmax_max_items
+    ram = max(size.events * 300, 512 * size.items * 4 * 8 * full) + 4 * vectors
     return {"disk_bytes": disk, "ram_bytes": ram}
 
 
@@ -400,7 +383,9 @@ def check_resources(name: str, size: Size, work: Path) -> None:
     need = estimate_needs(size)
     work.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(work).free
-    mem = _mem_available()
+    from training.train import memory_available
+
+    mem = memory_available()
     problems = []
     if free < 2 * need["disk_bytes"]:
         problems.append(f"{free / GB:.1f} GB free disk under {work}, about "
@@ -414,16 +399,6 @@ def check_resources(name: str, size: Size, work: Path) -> None:
             + "; ".join(problems)
             + ". Free some, choose a smaller size, or pass --no-check to try anyway."
         )
-
-
-def _mem_available() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def run_size(name: str, size: Size, args: argparse.Namespace, pool, save) -> dict:
