@@ -71,7 +71,7 @@ class TrainConfig:
     # --- evaluation -------------------------------------------------------------------
     k: int = 10  # cut-off of every ranking metric
     eval_batch_users: int = 16  # users scored and ranked together: [users, catalogue] arrays
-    eval_pairs: int = 2048  # (user, item) pairs per scoring forward pass (CPU cache-sized)
+    eval_pairs: int = 1024  # (user, item) pairs per scoring forward pass (CPU cache-sized)
     valid_users: int = 2000  # early-stop on this many seeded users (0 = all; 200 too noisy)
 
     def __post_init__(self) -> None:

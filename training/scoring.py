@@ -16,7 +16,7 @@ is encoded once (``FusionCTR.encode_user``), and the catalogue is then scored in
 of ``TrainConfig.eval_pairs // users`` items (``FusionCTR.score_candidates``). The DIN
 attention's [users, items, L, attention_dim] tensors, the largest of a forward pass, so
 hold ``eval_pairs`` (user, item) pairs: about eval_pairs x L x attention_dim x 4 bytes
-each (13 MB at the defaults), whatever the catalogue. What a chunk returns is
+each (3.3 MB at the defaults), whatever the catalogue. What a chunk returns is
 [users, I] float32 logits, the "chunk x catalogue" the metrics then rank.
 """
 
