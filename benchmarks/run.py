@@ -60,6 +60,10 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
             "3",
         ],
     ),
+    "eval_cost": (
+        "full-catalogue scoring + ranking: seconds per user and peak RSS at 100k and 1M items",
+        ["benchmarks.eval_cost", "--n-items", "100000", "1000000"],
+    ),
     "serving": (
         "Rank p50/p99/throughput, item cache vs naive per-request Feast lookups",
         ["benchmarks.serving", "--concurrency", "1,4,16", "--repeats", "3"],

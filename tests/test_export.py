@@ -115,6 +115,21 @@ def test_int8_quantization_reports_its_accuracy_change(run_copy: Path) -> None:
     assert np.isfinite(logit).all()
 
 
+def test_quantization_report_scores_the_catalogue_in_slices(run_copy: Path) -> None:
+    """A user's ONNX scores over the catalogue in slices of 3 items equal one run."""
+    from training.checkpoint import run_data
+    from training.quantize import _onnx_scores
+
+    export_run(run_copy)
+    data = run_data(load_run(run_copy)[1])
+    cpu = ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(run_copy / contract.ONNX_FILE), providers=cpu)
+    user = data.valid.users[:1]
+    whole = _onnx_scores(session, data, user, data.n_catalogue)
+    assert whole.shape == (1, data.n_catalogue) and data.n_catalogue > 3
+    np.testing.assert_allclose(_onnx_scores(session, data, user, 3), whole, rtol=1e-5, atol=1e-6)
+
+
 def test_cli_help_exits_cleanly() -> None:
     with pytest.raises(SystemExit) as exc:
         export.main(["--help"])

@@ -73,8 +73,9 @@ class TrainConfig:
     num_threads: int = 0  # torch CPU threads (0 = torch's default; 1 helps on busy machines)
     # --- evaluation -------------------------------------------------------------------
     k: int = 10  # cut-off of every ranking metric
-    eval_batch_users: int = 16  # users scored together in full ranking
-    valid_users: int = 0  # early-stop on this many seeded users (0 = all: 200 was too noisy)
+    eval_batch_users: int = 16  # users scored and ranked together: [users, catalogue] arrays
+    eval_pairs: int = 1024  # (user, item) pairs per scoring forward pass (CPU cache-sized)
+    valid_users: int = 2000  # early-stop on this many seeded users (0 = all; 200 too noisy)
 
     def __post_init__(self) -> None:
         """Store ``mlp_dims`` as a tuple (config.json and the CLI give lists) and reject a
@@ -99,6 +100,9 @@ class TrainConfig:
             "negatives": (self.negatives >= 1, ">= 1"),
             "embedding_dim": (self.embedding_dim >= 1, ">= 1"),
             "batch_size": (self.batch_size >= 1, ">= 1"),
+            "eval_batch_users": (self.eval_batch_users >= 1, ">= 1"),
+            "eval_pairs": (self.eval_pairs >= 1, ">= 1"),
+            "valid_users": (self.valid_users >= 0, ">= 0 (0 = all)"),
             "device": (self.device in ("auto", "cpu", "cuda"), "auto|cpu|cuda"),
         }
         for name, (ok, rule) in rules.items():

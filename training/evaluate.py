@@ -9,7 +9,12 @@ evaluates, this is the caller's next step (a deploy-mode run is evaluated on its
 early-stopping holdout). Ranking is over ALL catalogue items (items without training
 interactions are scored through the unknown row plus their content) minus each user's
 train and validation items. The baselines of `training.baselines` are fitted on the same
-[all users, all catalogue items] train matrix.
+[all users, all catalogue items] train matrix; one that cannot run at this size (EASE
+above `EASE_MAX_ITEMS` items) is logged and reported as skipped, with the reason.
+Every model is scored and ranked in chunks of `eval_batch_users` users x the whole
+catalogue (the fusion model in `eval_pairs` pairs per forward pass, `training.scoring`),
+so memory is bounded by chunk x catalogue, never users x catalogue; what a pass costs at
+100k and 1M items is in docs/BENCHMARKS.md (`python -m benchmarks.eval_cost`).
 The fusion model is also reported after serving's long-tail re-ranking (`core.rerank`)
 at each tail weight of ``RERANK_WEIGHTS``, and once more with the user's validation
 interaction appended to the history it reads at test time (``FUSION_LATEST``: the same
@@ -46,7 +51,7 @@ from scipy.special import expit
 from core import rerank
 from core.files import write_bytes_atomic, write_json_atomic
 from training import dataset as ds
-from training.baselines import default_baselines
+from training.baselines import TooLarge, default_baselines
 from training.checkpoint import CheckpointError, load_run, run_data
 from training.config import TrainConfig
 from training.metrics import RankingAccumulator, ctr_metrics, set_metrics_at_k
@@ -59,6 +64,8 @@ FUSION = "FusionCTR"
 FUSION_LATEST = f"{FUSION} (history incl. valid)"
 # tail weights λ of serving's re-ranking rule evaluated offline (0 = the model alone)
 RERANK_WEIGHTS = (0.1, 0.2, 0.3, 0.5)
+# a model's only report entry when it cannot run at this size: {SKIPPED: the reason}
+SKIPPED = "skipped"
 # sees each chunk evaluate_scorer ranks: (users [u], targets [u], scores [u, n_catalogue])
 ChunkHook = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
 
@@ -209,7 +216,12 @@ def evaluate_models(model, data: ds.TrainingData, config: TrainConfig) -> dict[s
     train, content = data.train_matrix(), data.content[:-1]
     for baseline in default_baselines(seed=config.seed):
         started = time.perf_counter()
-        baseline.fit(train, content)
+        try:
+            baseline.fit(train, content)
+        except TooLarge as exc:  # e.g. EASE's dense I x I matrix above EASE_MAX_ITEMS
+            log.warning("%s skipped: %s", baseline.name, exc)
+            results[baseline.name] = {SKIPPED: str(exc)}
+            continue
         fit_seconds = time.perf_counter() - started
         proba = getattr(baseline, "predict_proba", None)
         results[baseline.name] = evaluate_scorer(baseline.score, data, holdout, config, proba)
@@ -220,6 +232,8 @@ def evaluate_models(model, data: ds.TrainingData, config: TrainConfig) -> dict[s
 
 
 def _brief(metrics: dict, k: int) -> str:
+    if SKIPPED in metrics:
+        return f"{SKIPPED}: {metrics[SKIPPED]}"
     names = (f"HR@{k}", f"NDCG@{k}", f"TailHR@{k}", f"ColdHR@{k}")
     return " ".join(f"{n} {metrics[n]:.4f}" for n in names if n in metrics)
 
@@ -246,9 +260,14 @@ def markdown_table(report: dict) -> str:
         "| model | " + " | ".join(present) + " |",
         "| --- |" + " ---: |" * len(present),
     ]
+    skipped = {name: m[SKIPPED] for name, m in report["models"].items() if SKIPPED in m}
     for name, metrics in report["models"].items():
         cells = [_cell(metrics.get(c)) for c in present]
+        if name in skipped:
+            cells = [SKIPPED] + ["-"] * (len(present) - 1)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if skipped:
+        lines += ["", *(f"{name} {SKIPPED}: {why}" for name, why in skipped.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -270,6 +289,8 @@ def tail_plot(report: dict) -> bytes:
     pairs = ((f"APLT@{k}", f"NDCG@{k}"), (f"TailHR@{k}", f"HR@{k}"))
     for ax, (x, y) in zip(axes, pairs, strict=True):
         for name, m in report["models"].items():
+            if SKIPPED in m:
+                continue
             ax.scatter(m.get(x, np.nan), m.get(y, np.nan), s=40)
             ax.annotate(name, (m.get(x, np.nan), m.get(y, np.nan)), fontsize=8)
         ax.set_xlabel(f"{x} (tail exposure)" if "APLT" in x else f"{x} (tail accuracy)")
@@ -323,7 +344,7 @@ def evaluate_run(run_dir: Path, cold_items: float = 0.0) -> dict:
     return report
 
 
-_COLD_KEYS = ("ColdHR", "HR", "NDCG", "TailHR", "n_cold_cases")
+_COLD_KEYS = ("ColdHR", "HR", "NDCG", "TailHR", "n_cold_cases", SKIPPED)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,8 @@ Imported by ``python -m training.evaluate``; tested by ``pytest tests/test_metri
 
 Every user's held-out target is ranked against all items minus the user's excluded items
 (train items, and for test the validation item). Scores arrive in chunks of users, so a
-catalogue of any size is evaluated with bounded memory::
+catalogue of any size is evaluated with bounded memory: every array ``add`` builds is
+[chunk users, I] or smaller (about 40 bytes per cell at the peak, with the float32 scores)::
 
     acc = RankingAccumulator(train_counts, is_tail, k=10)
     for users in chunks:
@@ -94,7 +95,7 @@ def top_k_mask(s: np.ndarray, valid: np.ndarray, k: int, against: np.ndarray) ->
     need = kk - chosen.sum(axis=1, keepdims=True)
     tied = valid & (ranked == kth)
     for group in (tied & ~against, tied & against):
-        take = group & (np.cumsum(group, axis=1) <= need)
+        take = group & (np.cumsum(group, axis=1, dtype=np.int32) <= need)
         chosen |= take
         need = need - take.sum(axis=1, keepdims=True)
     return chosen
@@ -169,14 +170,16 @@ class RankingAccumulator:
         counts["users"] += hit.size
         counts["tail"] += int(tail.sum())
         counts["head"] += int((~tail).sum())
-        length = lists.sum(axis=1)
+        # per-list sums over the u x K listed cells only: no further [u, I] array
+        rows, cols = np.nonzero(lists)
+        length = np.bincount(rows, minlength=hit.size)
         nonempty = length > 0
         counts["lists"] += int(nonempty.sum())
-        n_tail = (lists & self.is_tail[None, :]).sum(axis=1)
-        pop = lists.astype(np.float64) @ self.train_counts
+        n_tail = np.bincount(rows, weights=self.is_tail[cols], minlength=hit.size)
+        pop = np.bincount(rows, weights=self.train_counts[cols], minlength=hit.size)
         sums["aplt"] += float(np.sum(n_tail[nonempty] / length[nonempty]))
         sums["arp"] += float(np.sum(pop[nonempty] / length[nonempty]))
-        self.exposure += lists.sum(axis=0)
+        self.exposure += np.bincount(cols, minlength=self.n_items)
 
     def result(self) -> dict[str, float]:
         """Metrics at K over every user added so far (NaN where a group is empty)."""

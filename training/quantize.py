@@ -42,7 +42,10 @@ def quantization_report(payload: dict, fp32: Path, int8: Path, max_users: int = 
             rows = np.arange(start, min(start + config.eval_batch_users, out["users"]))
             users = holdout.users[rows]
             scores = np.vstack(
-                [_onnx_scores(session, data, users[i : i + 1]) for i in range(len(users))]
+                [
+                    _onnx_scores(session, data, users[i : i + 1], config.eval_pairs)
+                    for i in range(len(users))
+                ]
             )
             acc.add(scores, holdout.items[rows], holdout.exclude[users])
         result = acc.result()
@@ -52,18 +55,24 @@ def quantization_report(payload: dict, fp32: Path, int8: Path, max_users: int = 
     return out
 
 
-def _onnx_scores(session: ort.InferenceSession, data: ds.TrainingData, user: np.ndarray):
-    """[1, n_catalogue] logits: one ONNX Runtime run over the whole catalogue for one
-    user, fed exactly as the server feeds it (``core.contract.build_feed``)."""
+def _onnx_scores(
+    session: ort.InferenceSession, data: ds.TrainingData, user: np.ndarray, pairs: int
+) -> np.ndarray:
+    """[1, n_catalogue] logits of one user: ONNX Runtime runs over ``pairs`` catalogue
+    items at a time (memory bounded as in ``training.scoring``), each fed exactly as the
+    server feeds a request (``core.contract.build_feed``)."""
     hist = data.histories[int(user[0])]
     hist = hist[hist != data.pad]
-    items = np.arange(data.n_catalogue)
-    feed = contract.build_feed(
-        user_idx=int(data.user_to_vocab[int(user[0])]),
-        hist_idx=data.item_to_vocab[hist],
-        hist_content=data.content[hist],
-        item_idx=data.item_to_vocab[items],
-        item_content=data.content[items],
-        item_count=data.train_counts,
-    )
-    return session.run(["logit"], feed)[0][None, :]
+    out = np.empty((1, data.n_catalogue), dtype=np.float32)
+    for start in range(0, data.n_catalogue, pairs):
+        items = np.arange(start, min(start + pairs, data.n_catalogue))
+        feed = contract.build_feed(
+            user_idx=int(data.user_to_vocab[int(user[0])]),
+            hist_idx=data.item_to_vocab[hist],
+            hist_content=data.content[hist],
+            item_idx=data.item_to_vocab[items],
+            item_content=data.content[items],
+            item_count=data.train_counts[items],
+        )
+        out[0, items] = session.run(["logit"], feed)[0]
+    return out

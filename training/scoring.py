@@ -1,21 +1,34 @@
-"""Score users over the whole catalogue with a fusion model. Import only: training's
-early stopping (``ranking_metrics``) and ``training.evaluate`` (``fusion_scorers``) use it.
+"""Score users over the whole catalogue with a fusion model, in bounded memory. Import
+only: training's early stopping (``ranking_metrics``) and ``training.evaluate``
+(``fusion_scorers``) use it.
 
 Full ranking scores every catalogue item for each user: items without training
 interactions go through the unknown row plus their content, exactly as the server
 scores a new item. Users are scored in chunks of ``TrainConfig.eval_batch_users``::
 
     device = pick_device("auto")  # CUDA when present, else CPU
-    scores = score_users(model, data, users, device)  # [len(users), n_catalogue] logits
+    catalogue = catalogue_side(model, data, device)  # once per model state
+    scores = score_users(model, data, users, device, catalogue=catalogue)  # [u, I] logits
+
+Memory is bounded by the chunk, never by users x catalogue: the catalogue's content
+projection ([I, d], ``catalogue_side``) is computed once per scoring pass, each user chunk
+is encoded once (``FusionCTR.encode_user``), and the catalogue is then scored in slices
+of ``TrainConfig.eval_pairs // users`` items (``FusionCTR.score_candidates``). The DIN
+attention's [users, items, L, attention_dim] tensors, the largest of a forward pass, so
+hold ``eval_pairs`` (user, item) pairs: about eval_pairs x L x attention_dim x 4 bytes
+each (3.3 MB at the defaults), whatever the catalogue. What a chunk returns is
+[users, I] float32 logits, the "chunk x catalogue" the metrics then rank.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from scipy.special import expit
+from torch import Tensor
 
 from training import dataset as ds
 from training.config import TrainConfig
@@ -28,11 +41,41 @@ Scorer = Callable[[np.ndarray], np.ndarray]
 ProbaFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+class Catalogue(NamedTuple):
+    """The candidate side of every catalogue item, [I] / [I, d] on the scoring device:
+    vocabulary index, projected content and train count (``catalogue_side``)."""
+
+    idx: Tensor
+    proj: Tensor
+    count: Tensor
+
+
 def pick_device(name: str) -> torch.device:
     """``auto``: CUDA when present, else CPU; ``cpu`` / ``cuda`` as named."""
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def item_chunk(n_users: int, pairs: int) -> int:
+    """Items scored per forward pass for ``n_users`` users within ``pairs`` (user, item)
+    pairs; at least one item, so a chunk larger than the budget still progresses."""
+    return max(1, pairs // max(n_users, 1))
+
+
+@torch.no_grad()
+def catalogue_side(
+    model: FusionCTR, data: ds.TrainingData, device: torch.device, rows: int = 65536
+) -> Catalogue:
+    """Project every catalogue item's content once, ``rows`` items at a time (the copy
+    to the device is [rows, C], never [I, C]); valid until the model's weights change."""
+    model.eval()
+    side = ds.item_side(data, np.arange(data.n_catalogue), content=False)
+    content = torch.from_numpy(data.content[: data.n_catalogue])  # a view, no copy
+    proj = torch.cat(
+        [model.content_proj(content[s : s + rows].to(device)) for s in range(0, len(content), rows)]
+    )
+    return Catalogue(side["item_idx"].to(device), proj, side["item_count"].to(device))
 
 
 @torch.no_grad()
@@ -42,16 +85,34 @@ def score_users(
     users: np.ndarray,
     device: torch.device,
     histories: np.ndarray | None = None,
+    catalogue: Catalogue | None = None,
+    pairs: int = TrainConfig.eval_pairs,
 ) -> np.ndarray:
     """Full-ranking scores [len(users), n_catalogue] (logits) of every catalogue item, with
-    the users' training histories or ``histories`` ([n_users, L]) instead."""
+    the users' training histories or ``histories`` ([n_users, L]) instead.
+
+    The users are encoded once and the catalogue is scored ``item_chunk(len(users),
+    pairs)`` items at a time; ``catalogue`` (``catalogue_side``) saves projecting the
+    catalogue's content again on every call. The scores equal one forward pass over the
+    whole catalogue (``model.score``) up to float rounding.
+    """
     model.eval()
-    items = np.arange(data.n_catalogue)[None, :]
-    cand = {k: v.to(device) for k, v in ds.item_side(data, items).items()}
+    catalogue = catalogue_side(model, data, device) if catalogue is None else catalogue
     hist = data.histories if histories is None else histories
-    user = ds.user_side(data, users, hist[users])
-    user = {k: v.to(device) for k, v in user.items()}
-    return model.score(**user, **cand).float().cpu().numpy()
+    user = {k: v.to(device) for k, v in ds.user_side(data, users, hist[users]).items()}
+    side = model.encode_user(
+        user["user_idx"], user["hist_idx"], model.content_proj(user["hist_content"]),
+        user["hist_mask"],
+    )  # fmt: skip
+    out = np.empty((len(users), data.n_catalogue), dtype=np.float32)
+    step = item_chunk(len(users), pairs)
+    for start in range(0, data.n_catalogue, step):
+        sl = slice(start, start + step)
+        logits = model.score_candidates(
+            side, catalogue.idx[None, sl], catalogue.proj[None, sl], catalogue.count[None, sl]
+        )
+        out[:, sl] = logits.float().cpu().numpy()
+    return out
 
 
 def ranking_metrics(
@@ -61,11 +122,13 @@ def ranking_metrics(
     config: TrainConfig,
     device: torch.device,
 ) -> dict[str, float]:
-    """Full-ranking metrics of the model on one holdout (RankingAccumulator)."""
+    """Full-ranking metrics of the model on one holdout (RankingAccumulator), in chunks
+    of ``eval_batch_users`` users x the catalogue."""
     acc = RankingAccumulator(data.train_counts, data.is_tail, k=config.k)
+    catalogue = catalogue_side(model, data, device)
     for start in range(0, len(holdout.users), config.eval_batch_users):
         users = holdout.users[start : start + config.eval_batch_users]
-        scores = score_users(model, data, users, device)
+        scores = score_users(model, data, users, device, None, catalogue, config.eval_pairs)
         acc.add(scores, holdout.items[start : start + len(users)], holdout.exclude[users])
     return acc.result()
 
@@ -76,17 +139,21 @@ def fusion_scorers(
     config: TrainConfig,
     histories: np.ndarray | None = None,
 ) -> tuple[Scorer, ProbaFn]:
-    """Full-ranking scorer and pairwise probability function of the fusion model."""
+    """Full-ranking scorer and pairwise probability function of the fusion model. The
+    catalogue's content is projected once, on the scorer's first call."""
     device = pick_device(config.device)
     model = model.to(device)
+    cached: list[Catalogue] = []
 
     def score(users: np.ndarray) -> np.ndarray:
-        return score_users(model, data, users, device, histories)
+        if not cached:
+            cached.append(catalogue_side(model, data, device))
+        return score_users(model, data, users, device, histories, cached[0], config.eval_pairs)
 
     @torch.no_grad()
     def proba(users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Pairs come as each user repeated M = negatives + 1 times with its M items
-        (``training.evaluate.evaluate_scorer``)."""
+        (``training.evaluate.evaluate_scorer``): [chunk users, M] pairs per call."""
         m = config.negatives + 1
         user, cand = users[::m], items.reshape(-1, m)
         side = ds.user_side(data, user, data.histories[user]) | ds.item_side(data, cand)

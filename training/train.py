@@ -436,11 +436,14 @@ def train_epoch(
 
 
 def valid_subset(holdout: ds.Holdout, config: TrainConfig) -> ds.Holdout:
-    """A seeded subset of `valid_users` cases for early stopping (all when 0)."""
+    """A seeded subset of `valid_users` cases for early stopping (all when 0 or when the
+    holdout has no more: MovieLens-100K's 943 users are all used at the default 2,000)."""
     if not config.valid_users or config.valid_users >= len(holdout.users):
+        log.info("validation on all %d users", len(holdout.users))
         return holdout
     rng = np.random.default_rng(config.seed + 1)
     rows = np.sort(rng.choice(len(holdout.users), config.valid_users, replace=False))
+    log.info("validation on %d of %d users (seeded sample)", len(rows), len(holdout.users))
     return ds.Holdout(users=holdout.users[rows], items=holdout.items[rows], exclude=holdout.exclude)
 
 
