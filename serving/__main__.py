@@ -4,7 +4,8 @@
     python -m serving --processes 2 ...   # a supervisor and 2 worker processes, one port
 
 Start-up: load manifest + ONNX once, check the provider, fill the item cache from the
-online store, warm up, then health SERVING. SIGHUP reloads the item cache; SIGTERM/SIGINT
+online store, warm up, then health SERVING. SIGHUP reloads the TLS certificates, the
+token hashes and the item cache (docs/SECURITY.md, docs/SERVING.md); SIGTERM/SIGINT
 turn health NOT_SERVING, stop taking calls, let in-flight ones finish within --grace-s,
 then flush the event log. With ``--processes`` above 1 (the default is one per core) this
 process becomes the supervisor of serving.supervisor and each worker it starts runs
@@ -26,6 +27,7 @@ from serving.config import ServerConfig, load_config
 from serving.errors import ConfigError, TailrankError
 from serving.features import FeatureClient
 from serving.inference import Model
+from serving.security import Security
 from serving.server import RankingServicer, RequestIdFilter, create_server
 from serving.supervisor import READY_FD_ENV, SUPERVISOR_PID_ENV, supervise
 
@@ -69,6 +71,7 @@ def serve(config: ServerConfig) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # also while starting up
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    security = Security.from_config(config)  # certificates and tokens first: fail fast
     servicer = build_servicer(config)
     servicer.features.check_store()
     servicer.start()
@@ -76,8 +79,13 @@ def serve(config: ServerConfig) -> None:
     gc.freeze()  # start-up objects (Feast registry, cache) leave the GC's scans: fewer pauses
     if config.metrics_port >= 0 and not supervisor:
         metrics.start_metrics_server(config.metrics_port)
-    server, port = create_server(config, servicer, reuse_port=bool(supervisor))
-    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=servicer.refresh_cache).start())
+    server, port = create_server(config, servicer, reuse_port=bool(supervisor), security=security)
+
+    def reload() -> None:
+        security.reload()
+        servicer.refresh_cache()
+
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload).start())
     metrics.PROCESS_UP.set(1)
     log.info("event=ready port=%d provider=%s", port, servicer.model.provider)
     _tell_ready(os.environ.get(READY_FD_ENV))

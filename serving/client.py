@@ -7,7 +7,11 @@ The API returns ids only. ``--titles feature_repo/data/<name>`` prints titles re
 data set's item feature file (the Parquet source Feast materialized from: no Feast import,
 so the call answers in well under a second); ``--repo`` reads them from the online store
 instead (it loads Feast: seconds, but it sees items written there since). Every call has
-a deadline (``--timeout-s``).
+a deadline (``--timeout-s``). TLS, mTLS and the bearer token: ``--tls-ca``,
+``--tls-cert``/``--tls-key``, ``--token-file`` or ``TAILRANK_TOKEN`` (serving.clientconn).
+
+    python -m serving.client --target rank.internal:50051 --tls-ca ca.pem \
+        --token-file svc-a.token --user 1 --candidates 1,2,3
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 import grpc
 
 from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
+from serving.clientconn import ClientSetupError, add_connection_flags, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--repo", type=Path, help="Feast repo whose online store to read titles from (slow)"
     )
     parser.add_argument("--timeout-s", type=float, default=5.0, help="deadline of the call")
+    add_connection_flags(parser)
     return parser
 
 
@@ -61,9 +67,15 @@ def read_candidates(args: argparse.Namespace) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
-def rank(target: str, request: ranking_pb2.RankRequest, timeout_s: float):
-    """One Rank call with a deadline."""
-    with grpc.insecure_channel(target) as channel:
+def rank(
+    target: str,
+    request: ranking_pb2.RankRequest,
+    timeout_s: float,
+    connection: argparse.Namespace | None = None,
+):
+    """One Rank call with a deadline, over the channel the connection flags describe
+    (None: plaintext, the token from ``TAILRANK_TOKEN`` if set)."""
+    with open_channel(target, connection) as channel:
         stub = ranking_pb2_grpc.RankingServiceStub(channel)
         return stub.Rank(request, timeout=timeout_s)
 
@@ -133,7 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tail_weight is not None:
         request.tail_weight = args.tail_weight
     try:
-        response = rank(args.target, request, args.timeout_s)
+        response = rank(args.target, request, args.timeout_s, args)
+    except ClientSetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ class ServerConfig:
     repo: Path = Path("feature_repo")  # Feast repo (feature_store.yaml) to read features from
     fs_yaml: Path | None = None  # feature_store.yaml to use instead of <repo>/feature_store.yaml
     model: Path = Path("artifacts/movielens-100k")  # run dir with manifest.json + model.onnx
-    host: str = "[::]"  # address to bind; tests use 127.0.0.1
+    host: str = "127.0.0.1"  # address to bind; "[::]" (all) needs TLS or --insecure
     port: int = 50051  # gRPC port; 0 picks a free one
     metrics_port: int = 9100  # Prometheus HTTP port; -1 turns the endpoint off
     provider: str = "auto"  # ONNX Runtime provider: auto (CUDA when present), cpu or cuda
@@ -45,6 +46,15 @@ class ServerConfig:
     grace_s: float = 10.0  # on SIGTERM, how long in-flight requests may take to finish
     event_log_url: str | None = "sqlite:///data/events.db"  # None (--no-event-log): off
     log_level: str = "INFO"
+    # TLS, mTLS and bearer tokens (docs/SECURITY.md); SIGHUP re-reads every file below
+    tls_cert: Path | None = None  # PEM certificate chain: serve TLS (with tls_key)
+    tls_key: Path | None = None  # PEM private key of tls_cert, unencrypted
+    tls_client_ca: Path | None = None  # PEM CA bundle: require client certificates (mTLS)
+    insecure: bool = False  # allow plaintext on a non-loopback host (a private network)
+    auth_tokens_file: Path | None = None  # token hash lines (python -m serving.tokens)
+    auth_tokens: str | None = None  # hash lines in one value, separated by ';' or newlines
+    auth_open_health: bool = True  # with tokens: grpc.health.v1 answers without one
+    auth_open_reflection: bool = False  # with tokens: reflection answers without one
 
     def __post_init__(self) -> None:
         """Reject values the server cannot run with, saying what to change."""
@@ -70,6 +80,31 @@ class ServerConfig:
             raise ConfigError(
                 f"metrics_port must be in [-1, 65535] (-1 = off), got {self.metrics_port}"
             )
+        self._check_transport()
+
+    def _check_transport(self) -> None:
+        """TLS settings that go together; no plaintext off loopback unless ``insecure``."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError(
+                "tls_cert and tls_key go together: set both --tls-cert and --tls-key "
+                "(TAILRANK_TLS_CERT, TAILRANK_TLS_KEY), or neither for plaintext"
+            )
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError(
+                "tls_client_ca (mTLS) needs server TLS too: set --tls-cert and --tls-key"
+            )
+        if self.tls_cert is None and not self.insecure and not is_loopback(self.host):
+            raise ConfigError(
+                f"host {self.host} is not a loopback address and the server has no TLS: set "
+                "--tls-cert and --tls-key (TAILRANK_TLS_CERT, TAILRANK_TLS_KEY), or pass "
+                "--insecure (TAILRANK_INSECURE=true) to serve plaintext on a private network "
+                "on purpose (docs/SECURITY.md)"
+            )
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Bearer tokens are required (a token file or token lines are configured)."""
+        return self.auth_tokens_file is not None or bool(self.auth_tokens)
 
     @property
     def process_count(self) -> int:
@@ -80,6 +115,17 @@ class ServerConfig:
     def in_flight_limit(self) -> int:
         """RPCs one process handles or queues at once; past it, RESOURCE_EXHAUSTED."""
         return self.max_in_flight or 2 * self.workers
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, ``127.0.0.0/8`` or ``[::1]``: reachable from this machine only."""
+    name = host.strip().removeprefix("[").removesuffix("]")
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:  # another host name: it may resolve to any interface
+        return False
 
 
 def _flag(name: str) -> str:

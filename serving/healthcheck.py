@@ -8,7 +8,10 @@ anything else: NOT_SERVING (warming up or shutting down), a service the server d
 know, no answer before the deadline, nothing listening. A bad command line exits 2.
 
 The default target is ``localhost`` on ``TAILRANK_PORT`` (the server's own port variable,
-default 50051), so a container that moves the server's port moves its check too.
+default 50051), so a container that moves the server's port moves its check too. A
+server with TLS is checked with ``--tls-ca`` (and ``--tls-cert``/``--tls-key`` for mTLS),
+one whose health is closed to callers without a token with ``--token-file``
+(serving.clientconn, docs/SECURITY.md).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from serving.clientconn import ClientSetupError, add_connection_flags, open_channel
 from serving.config import ENV_PREFIX, ServerConfig
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -32,10 +36,16 @@ def default_target() -> str:
     return f"localhost:{os.environ.get(PORT_ENV) or ServerConfig.port}"
 
 
-def check(target: str, service: str = "", timeout_s: float = 3.0) -> tuple[bool, str]:
-    """One Health/Check call with a deadline: (SERVING?, a line saying what was seen)."""
+def check(
+    target: str,
+    service: str = "",
+    timeout_s: float = 3.0,
+    connection: argparse.Namespace | None = None,
+) -> tuple[bool, str]:
+    """One Health/Check call with a deadline: (SERVING?, a line saying what was seen).
+    ``connection``: the TLS and token flags (None: plaintext, no token)."""
     request = health_pb2.HealthCheckRequest(service=service)
-    with grpc.insecure_channel(target) as channel:
+    with open_channel(target, connection) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(request, timeout=timeout_s)
@@ -71,12 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout-s", type=_positive, default=3.0, help="deadline of the call (default: 3)"
     )
+    add_connection_flags(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    serving, line = check(args.target or default_target(), args.service, args.timeout_s)
+    try:
+        serving, line = check(args.target or default_target(), args.service, args.timeout_s, args)
+    except ClientSetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(line)  # a container engine keeps the last lines of its health checks' output
     return 0 if serving else 1
 

@@ -72,6 +72,16 @@ EXPIRED = Counter(
     "RPCs not worked on because the caller's deadline had passed",
     ["method"],
 )
+AUTH_REFUSED = Counter(
+    "tailrank_auth_refused_total",
+    "RPCs refused for their bearer token (UNAUTHENTICATED, PERMISSION_DENIED)",
+    ["method", "code"],
+)
+SECURITY_RELOADS = Counter(
+    "tailrank_security_reloads_total",
+    "Certificate and token reloads (SIGHUP); an error keeps the ones in use",
+    ["what", "result"],
+)
 PROCESS_UP = Gauge(
     "tailrank_process_up",
     "1 per server process that is SERVING (one series per pid with --processes > 1)",

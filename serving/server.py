@@ -2,9 +2,11 @@
 
 ``create_server(config, servicer)`` registers the RankingService, grpc.health.v1 and
 reflection, binds ``config.host:config.port`` (0 = a free port) and returns
-``(server, port)``. The servicer gets its feature client, model and event log in
-``__init__`` so a test can start it on port 0. Every handler catches everything and maps
-it to a status code in one place (``_handle``); no request can crash the process.
+``(server, port)``, with TLS and the token check when the config asks for them
+(serving.security, docs/SECURITY.md). The servicer gets its feature client, model and
+event log in ``__init__`` so a test can start it on port 0. Every handler catches
+everything and maps it to a status code in one place (``_handle``); no request can crash
+the process.
 
 Overload: the server takes at most ``config.in_flight_limit`` RPCs at once (gRPC's
 ``maximum_concurrent_rpcs``: one more is RESOURCE_EXHAUSTED at once, not queued), and a
@@ -39,6 +41,7 @@ from serving.features import FeatureClient
 from serving.inference import Model
 from serving.itemtable import SHARED_TABLE_ENV, ItemTable
 from serving.ranker import RankArgs, Ranker, Ranking
+from serving.security import Security
 
 log = logging.getLogger(__name__)
 
@@ -281,16 +284,23 @@ def _handle(method: str, context: grpc.ServicerContext, empty: type, call: Calla
 
 
 def create_server(
-    config: ServerConfig, servicer: RankingServicer, reuse_port: bool = False
+    config: ServerConfig,
+    servicer: RankingServicer,
+    reuse_port: bool = False,
+    security: Security | None = None,
 ) -> tuple[grpc.Server, int]:
     """Register RankingService, health and reflection; bind; start; return (server, port).
 
     ``reuse_port``: bind with SO_REUSEPORT, so that the other worker processes of
     ``--processes N`` bind the same port and the kernel spreads connections over them.
     Off, a port some other server holds is an error rather than shared traffic.
+    ``security``: TLS and the token check (serving.security); None reads them from
+    ``config`` here (plaintext and no tokens when it names neither).
     """
+    security = security or Security.from_config(config)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers),
+        interceptors=security.interceptors,
         maximum_concurrent_rpcs=config.in_flight_limit,
         options=[("grpc.so_reuseport", int(reuse_port))],
     )
@@ -298,9 +308,13 @@ def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(servicer.health, server)
     names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    port = security.bind(server, f"{config.host}:{config.port}")
     if port == 0:
         raise OSError(f"cannot bind {config.host}:{config.port}: is the port in use?")
     server.start()
-    log.info("event=listening host=%s port=%d", config.host, port)
+    log.info(
+        "event=listening host=%s port=%d tls=%s mtls=%s tokens=%s", config.host, port,
+        security.tls is not None, bool(security.tls and security.tls.mutual),
+        security.auth is not None,
+    )  # fmt: skip
     return server, port

@@ -23,7 +23,9 @@ gRPC, ONNX Runtime or Feast state is ever copied by a fork.
   first start-up, stops every worker and exits non-zero (1, or the worker's own 2 for bad
   config), so an orchestrator sees a crash loop instead of a server limping along.
 - SIGTERM / SIGINT: forwarded to every worker, each drains (NOT_SERVING, in-flight calls
-  get ``--grace-s``, its event log flushes); exit 0 once all exited 0. SIGHUP: forwarded.
+  get ``--grace-s``, its event log flushes); exit 0 once all exited 0. SIGHUP: the shared
+  item table is rebuilt, then SIGHUP goes to every worker, which maps the new table and
+  reads its TLS certificates and token hashes again (each worker has the same flags).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from serving.config import ServerConfig, config_env_names, to_argv
 from serving.errors import ConfigError
 from serving.features import FeatureClient
 from serving.itemtable import SHARED_TABLE_ENV
+from serving.security import Security
 
 log = logging.getLogger(__name__)
 
@@ -260,15 +263,16 @@ class Supervisor:
 
     def reload(self) -> None:
         """Rebuild the shared table (when there is one), then SIGHUP every worker so it
-        maps the new file (or, without a shared table, reloads its own cache). A failed
-        rebuild keeps the old file: the workers keep serving it."""
+        maps the new file (or, without a shared table, reloads its own cache) and reads
+        its TLS certificates and token hashes again. A failed rebuild keeps the old file:
+        the workers are still signalled (for their certificates and tokens) and map the
+        old one again."""
         with self._rebuilding:
             if self.table is not None:
                 try:
                     self.table.build()
                 except Exception as exc:  # the store may be down: keep the old table
                     log.error("event=shared_table_failed error=%r (workers keep the old)", exc)
-                    return
             for w in list(self.workers.values()):
                 if w.proc.poll() is None:
                     w.proc.send_signal(signal.SIGHUP)
@@ -388,6 +392,7 @@ def supervise(config: ServerConfig) -> int:
     Raises ConfigError / TailrankError / OSError before any worker starts (bad config, an
     event store or port not to be had), as ``serve`` does.
     """
+    Security.check(config)  # certificates and tokens readable and valid, or exit 2
     workdir = Path(tempfile.mkdtemp(prefix="tailrank-serving-"))
     try:
         with reserve_port(config.host, config.port) as port:

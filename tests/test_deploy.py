@@ -25,6 +25,7 @@ from serving import healthcheck
 from serving.__main__ import build_servicer
 from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
 from serving.config import ENV_PREFIX, ServerConfig, load_config
+from serving.errors import ConfigError
 from serving.server import SERVICE_NAME, create_server
 from tests.fixtures.deploy import (
     DEPLOY,
@@ -98,7 +99,9 @@ def test_healthcheck_runs_the_module_within_its_timeout(dockerfile: str) -> None
 
 
 def test_image_exposes_the_ports_its_env_configures(dockerfile: str, image_env: dict) -> None:
-    config = load_config([], env=image_env)
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        load_config([], env=image_env)  # all interfaces: the deployment picks TLS or not
+    config = load_config(["--insecure"], env=image_env)
     exposed = {
         int(p) for k, a in dockerfile_stages(dockerfile)[-1] if k == "EXPOSE" for p in a.split()
     }
