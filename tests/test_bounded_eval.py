@@ -167,3 +167,28 @@ def test_a_baseline_too_large_for_the_catalogue_is_reported_as_skipped(
     assert "| EASE | skipped | - |" in table
     assert f"EASE skipped: EASE needs a dense {N_ITEMS} x {N_ITEMS} matrix" in table
     assert "| BPR-MF | 0." in table  # the others are still reported
+
+
+def test_a_shortlist_gets_the_full_model_and_the_rest_ranks_below_by_the_dot_part(
+    data: ds.TrainingData, model
+) -> None:
+    """Each user's top N by (u + s).v carry the full model's exact logits; every other
+    item scores below all of them, in (u + s).v order; N >= catalogue is exact ranking."""
+    users = np.arange(N_USERS)
+    device = torch.device("cpu")
+    catalogue = catalogue_side(model, data, device)
+    exact = score_users(model, data, users, device, catalogue=catalogue)
+    assert np.array_equal(
+        score_users(model, data, users, device, catalogue=catalogue, shortlist=N_ITEMS), exact
+    )
+    short = score_users(model, data, users, device, catalogue=catalogue, pairs=37, shortlist=20)
+    side_in = ds.user_side(data, users, data.histories[users])
+    side = model.encode_user(side_in["user_idx"], side_in["hist_idx"],
+                             model.content_proj(side_in["hist_content"]), side_in["hist_mask"])
+    dot = ((side.user + side.seq).squeeze(1) @ catalogue.vec.T).detach().numpy()  # fmt: skip
+    for row in range(N_USERS):
+        top = np.argsort(-dot[row], kind="stable")[:20]
+        rest = np.setdiff1d(np.arange(N_ITEMS), top)
+        assert np.allclose(short[row, top], exact[row, top], atol=1e-5)
+        assert short[row, rest].max() < short[row, top].min()
+        assert np.array_equal(np.argsort(short[row, rest]), np.argsort(dot[row, rest]))

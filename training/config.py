@@ -76,6 +76,7 @@ class TrainConfig:
     eval_batch_users: int = 16  # users scored and ranked together: [users, catalogue] arrays
     eval_pairs: int = 1024  # (user, item) pairs per scoring forward pass (CPU cache-sized)
     valid_users: int = 2000  # early-stop on this many seeded users (0 = all; 200 too noisy)
+    eval_shortlist: int = 2000  # larger catalogues: full model on the (u + s).v top N (0 = off)
 
     def __post_init__(self) -> None:
         """Store ``mlp_dims`` as a tuple (config.json and the CLI give lists) and reject a
@@ -103,6 +104,7 @@ class TrainConfig:
             "eval_batch_users": (self.eval_batch_users >= 1, ">= 1"),
             "eval_pairs": (self.eval_pairs >= 1, ">= 1"),
             "valid_users": (self.valid_users >= 0, ">= 0 (0 = all)"),
+            "eval_shortlist": (self.eval_shortlist >= 0, ">= 0 (0 = exact ranking)"),
             "device": (self.device in ("auto", "cpu", "cuda"), "auto|cpu|cuda"),
         }
         for name, (ok, rule) in rules.items():

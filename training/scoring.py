@@ -18,6 +18,17 @@ attention's [users, items, L, attention_dim] tensors, the largest of a forward p
 hold ``eval_pairs`` (user, item) pairs: about eval_pairs x L x attention_dim x 4 bytes
 each (3.3 MB at the defaults), whatever the catalogue. What a chunk returns is
 [users, I] float32 logits, the "chunk x catalogue" the metrics then rank.
+
+Above ``TrainConfig.eval_shortlist`` items (2,000) the full model scores a shortlist:
+each user's top N items by the logit's dot-product part (u + s).v (one [users, d] x
+[d, I] product, what the catalogue softmax trains to rank), as a retrieval stage does in
+front of a ranking model. Every other item keeps its order by (u + s).v below the
+shortlist's lowest logit. The metrics at K <= N then rank exactly as the full model
+would whenever its own top K lies inside the shortlist; the cost per user is I x d +
+N full-model pairs instead of I full-model pairs (about 3 us each on one CPU thread):
+100x less at 100k items with N = 2,000. docs/BENCHMARKS.md ("Evaluation at 100k and 1M
+items") has how far the shortlisted metrics are from exact ones. ``eval_shortlist 0``
+always ranks exactly.
 """
 
 from __future__ import annotations
@@ -43,11 +54,13 @@ ProbaFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 class Catalogue(NamedTuple):
     """The candidate side of every catalogue item, [I] / [I, d] on the scoring device:
-    vocabulary index, projected content and train count (``catalogue_side``)."""
+    vocabulary index, projected content, train count and the gate-mixed item vector the
+    dot-product part scores (``catalogue_side``)."""
 
     idx: Tensor
     proj: Tensor
     count: Tensor
+    vec: Tensor
 
 
 def pick_device(name: str) -> torch.device:
@@ -75,7 +88,8 @@ def catalogue_side(
     proj = torch.cat(
         [model.content_proj(content[s : s + rows].to(device)) for s in range(0, len(content), rows)]
     )
-    return Catalogue(side["item_idx"].to(device), proj, side["item_count"].to(device))
+    idx, count = side["item_idx"].to(device), side["item_count"].to(device)
+    return Catalogue(idx, proj, count, model.item_repr(idx, proj, count))
 
 
 @torch.no_grad()
@@ -87,6 +101,7 @@ def score_users(
     histories: np.ndarray | None = None,
     catalogue: Catalogue | None = None,
     pairs: int = TrainConfig.eval_pairs,
+    shortlist: int = 0,
 ) -> np.ndarray:
     """Full-ranking scores [len(users), n_catalogue] (logits) of every catalogue item, with
     the users' training histories or ``histories`` ([n_users, L]) instead.
@@ -104,6 +119,8 @@ def score_users(
         user["user_idx"], user["hist_idx"], model.content_proj(user["hist_content"]),
         user["hist_mask"],
     )  # fmt: skip
+    if 0 < shortlist < data.n_catalogue:
+        return _score_shortlist(model, side, catalogue, shortlist, pairs)
     out = np.empty((len(users), data.n_catalogue), dtype=np.float32)
     step = item_chunk(len(users), pairs)
     for start in range(0, data.n_catalogue, step):
@@ -113,6 +130,28 @@ def score_users(
         )
         out[:, sl] = logits.float().cpu().numpy()
     return out
+
+
+def _score_shortlist(
+    model: FusionCTR, side, catalogue: Catalogue, shortlist: int, pairs: int
+) -> np.ndarray:
+    """[users, I]: the full model's logits on each user's top ``shortlist`` items by
+    (u + s).v; every other item below them, in (u + s).v order."""
+    query = side.user if side.seq is None else side.user + side.seq
+    dot = (query.squeeze(1) @ catalogue.vec.T).float()  # [u, I]
+    top = torch.topk(dot, shortlist, dim=1).indices  # [u, N]
+    full = torch.empty(top.shape, dtype=torch.float32, device=dot.device)
+    step = item_chunk(len(top), pairs)
+    for start in range(0, shortlist, step):
+        cols = top[:, start : start + step]
+        full[:, start : start + step] = model.score_candidates(
+            side, catalogue.idx[cols], catalogue.proj[cols], catalogue.count[cols]
+        ).float()
+    low, high = dot.amin(dim=1, keepdim=True), dot.amax(dim=1, keepdim=True)
+    # below the shortlist's lowest logit by 1 to 2, in (u + s).v order
+    out = full.amin(dim=1, keepdim=True) - 2.0 + (dot - low) / (high - low).clamp_min(1e-9)
+    out.scatter_(1, top, full)
+    return out.cpu().numpy()
 
 
 def ranking_metrics(
@@ -128,7 +167,8 @@ def ranking_metrics(
     catalogue = catalogue_side(model, data, device)
     for start in range(0, len(holdout.users), config.eval_batch_users):
         users = holdout.users[start : start + config.eval_batch_users]
-        scores = score_users(model, data, users, device, None, catalogue, config.eval_pairs)
+        scores = score_users(model, data, users, device, None, catalogue, config.eval_pairs,
+                             config.eval_shortlist)  # fmt: skip
         acc.add(scores, holdout.items[start : start + len(users)], holdout.exclude[users])
     return acc.result()
 
@@ -148,7 +188,8 @@ def fusion_scorers(
     def score(users: np.ndarray) -> np.ndarray:
         if not cached:
             cached.append(catalogue_side(model, data, device))
-        return score_users(model, data, users, device, histories, cached[0], config.eval_pairs)
+        return score_users(model, data, users, device, histories, cached[0], config.eval_pairs,
+                           config.eval_shortlist)  # fmt: skip
 
     @torch.no_grad()
     def proba(users: np.ndarray, items: np.ndarray) -> np.ndarray:
