@@ -183,8 +183,12 @@ def test_a_shortlist_gets_the_full_model_and_the_rest_ranks_below_by_the_dot_par
     )
     short = score_users(model, data, users, device, catalogue=catalogue, pairs=37, shortlist=20)
     side_in = ds.user_side(data, users, data.histories[users])
-    side = model.encode_user(side_in["user_idx"], side_in["hist_idx"],
-                             model.content_proj(side_in["hist_content"]), side_in["hist_mask"])
+    side = model.encode_user(
+        side_in["user_idx"],
+        side_in["hist_idx"],
+        model.content_proj(side_in["hist_content"]),
+        side_in["hist_mask"],
+    )
     dot = ((side.user + side.seq).squeeze(1) @ catalogue.vec.T).detach().numpy()  # fmt: skip
     for row in range(N_USERS):
         top = np.argsort(-dot[row], kind="stable")[:20]
