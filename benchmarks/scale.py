@@ -243,7 +243,8 @@ def stage_commands(size: Size, paths: Paths, args: argparse.Namespace, name: str
         "train_eval": ["training.train", "--data", str(paths.data), "--features",
                        str(paths.features_eval), "--mode", "eval", "--out",
                        str(paths.run_eval), *train_cap],
-        "evaluate": ["training.evaluate", "--run", str(paths.run_eval)],
+        "evaluate": ["training.evaluate", "--run", str(paths.run_eval),
+                     "--users", str(args.eval_users)],
     }  # fmt: skip
 
 
@@ -631,7 +632,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--valid-users",
         type=int,
         default=None,
-        help="training's --valid-users (default: the Makefile's, every user)",
+        help="training's --valid-users (default: training's own, a 2,000-user sample)",
+    )
+    p.add_argument(
+        "--eval-users",
+        type=int,
+        default=5000,
+        help="training.evaluate --users: a seeded sample of test users (0 = all; default 5000)",
     )
     p.add_argument(
         "--warm-cache",

@@ -293,10 +293,14 @@ def test_problems_in_a_chunk_are_logged(caplog: pytest.LogCaptureFixture) -> Non
         acc.add(np.array([[0.2, 0.1, 0.3]]), np.array([0]), sp.csr_matrix((1, 3)))
         assert not caplog.records  # a clean chunk logs nothing
         acc.add(np.array([[np.nan, 0.1, 0.3]]), np.array([1]), sp.csr_matrix((1, 3)))
+        # a repeat interaction (target in its own exclusion mask): counted, not warned
+        acc.add(
+            np.array([[0.2, 0.1, 0.3]]), np.array([2]), sp.csr_matrix(([1], ([0], [2])), (1, 3))
+        )
     assert [r.getMessage() for r in caplog.records] == [
-        "chunk of 1 users: 1 NaN scores ranked as -inf, 0 targets inside their own exclusion "
-        "mask kept rankable"
+        "chunk of 1 users: 1 NaN scores ranked as -inf"
     ]
+    assert acc.result()["n_target_excluded"] == 1
 
 
 def test_set_metrics_for_users_with_zero_or_one_held_out_items() -> None:

@@ -74,6 +74,15 @@ class Holdout:
     exclude: sp.csr_matrix  # [n_users, n_catalogue] items never ranked for that user
 
 
+def sample_holdout(holdout: Holdout, n: int, seed: int) -> Holdout:
+    """A seeded sample of ``n`` of the holdout's cases, in their order (all when 0 or
+    when there are no more than ``n``)."""
+    if not n or n >= len(holdout.users):
+        return holdout
+    rows = np.sort(np.random.default_rng(seed).choice(len(holdout.users), n, replace=False))
+    return Holdout(users=holdout.users[rows], items=holdout.items[rows], exclude=holdout.exclude)
+
+
 @dataclass
 class TrainingData:
     """Everything training and evaluation need, in index space."""

@@ -304,34 +304,43 @@ def tail_plot(report: dict) -> bytes:
     return buffer.getvalue()
 
 
-def cold_item_run(run_dir: Path, payload: dict, fraction: float) -> dict:
+def cold_item_run(run_dir: Path, payload: dict, fraction: float, users: int = 0) -> dict:
     """Train a copy of the run with `fraction` of items hidden; evaluate it fully."""
     config = TrainConfig.from_dict(payload["config"])
     config = dataclasses.replace(config, cold_items=fraction, mode="eval")
     cold_dir = run_dir / f"cold-items-{fraction:g}"
     train(config, Path(payload["data_dir"]), Path(payload["features_dir"]), cold_dir)
-    return evaluate_run(cold_dir)
+    return evaluate_run(cold_dir, users=users)
 
 
-def evaluate_run(run_dir: Path, cold_items: float = 0.0) -> dict:
-    """Evaluate a run (and optionally a cold-item copy); write and return the report."""
+def evaluate_run(run_dir: Path, cold_items: float = 0.0, users: int = 0) -> dict:
+    """Evaluate a run (and optionally a cold-item copy); write and return the report.
+    ``users`` > 0 evaluates a seeded sample of that many holdout cases (large data sets:
+    the report's ``n_cases`` and ``sampled_from`` say so)."""
     model, payload, _ = load_run(run_dir)
     data = run_data(payload)
     config = TrainConfig.from_dict(payload["config"])
     holdout = data.test if data.test is not None else data.valid
+    every = len(holdout.users)
+    holdout = ds.sample_holdout(holdout, users, config.seed + 2)
+    if data.test is not None:
+        data.test = holdout
+    else:
+        data.valid = holdout
     report = {
         "run": run_dir.name,
         "mode": config.mode,
         "split": "test" if data.test is not None else "test (deploy early-stopping holdout)",
         "k": config.k,
         "n_cases": len(holdout.users),
+        "sampled_from": every,
         "n_items": data.n_catalogue,
         "n_tail_items": int(data.is_tail.sum()),
         "cold_items": config.cold_items,
         "models": evaluate_models(model, data, config),
     }
     if cold_items > 0:
-        cold = cold_item_run(run_dir, payload, cold_items)
+        cold = cold_item_run(run_dir, payload, cold_items, users)
         report["cold_run"] = {
             "fraction": cold_items,
             "dir": f"cold-items-{cold_items:g}",
@@ -353,12 +362,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--cold-items", type=float, default=0.0, help="also train/evaluate with this share hidden"
     )
+    parser.add_argument(
+        "--users", type=int, default=0,
+        help="evaluate a seeded sample of this many test users (0 = all; large data sets)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not 0.0 <= args.cold_items < 1.0:
         parser.error("--cold-items must be in [0, 1)")
+    if args.users < 0:
+        parser.error("--users must be >= 0 (0 = every test user)")
     try:
-        report = evaluate_run(args.run, args.cold_items)
+        report = evaluate_run(args.run, args.cold_items, args.users)
     except CheckpointError as exc:
         raise SystemExit(f"evaluation failed: {exc}") from None
     print(json.dumps({name: _brief(m, report["k"]) for name, m in report["models"].items()}))

@@ -147,14 +147,13 @@ class RankingAccumulator:
         self._accumulate(hit, rank, tail, lists)
         self._counts["nan"] += n_nan
         self._counts["target_excluded"] += n_target_excluded
-        if n_nan or n_target_excluded:
-            log.warning(
-                "chunk of %d users: %d NaN scores ranked as -inf, %d targets inside their "
-                "own exclusion mask kept rankable",
-                s.shape[0],
-                n_nan,
-                n_target_excluded,
-            )
+        if n_nan:  # a model fault: loud
+            log.warning("chunk of %d users: %d NaN scores ranked as -inf", s.shape[0], n_nan)
+        if n_target_excluded:  # repeat interactions, a property of the data: counted in
+            log.debug(  # the result (n_target_excluded), not logged per chunk
+                "chunk of %d users: %d targets inside their own exclusion mask kept rankable",
+                s.shape[0], n_target_excluded,
+            )  # fmt: skip
         return rank
 
     def _accumulate(

@@ -438,13 +438,9 @@ def train_epoch(
 def valid_subset(holdout: ds.Holdout, config: TrainConfig) -> ds.Holdout:
     """A seeded subset of `valid_users` cases for early stopping (all when 0 or when the
     holdout has no more: MovieLens-100K's 943 users are all used at the default 2,000)."""
-    if not config.valid_users or config.valid_users >= len(holdout.users):
-        log.info("validation on all %d users", len(holdout.users))
-        return holdout
-    rng = np.random.default_rng(config.seed + 1)
-    rows = np.sort(rng.choice(len(holdout.users), config.valid_users, replace=False))
-    log.info("validation on %d of %d users (seeded sample)", len(rows), len(holdout.users))
-    return ds.Holdout(users=holdout.users[rows], items=holdout.items[rows], exclude=holdout.exclude)
+    sample = ds.sample_holdout(holdout, config.valid_users, config.seed + 1)
+    log.info("validation on %d of %d users", len(sample.users), len(holdout.users))
+    return sample
 
 
 def train(config: TrainConfig, data_dir: Path, features_dir: Path, out: Path) -> dict:
