@@ -226,11 +226,14 @@ def stage_commands(size: Size, paths: Paths, args: argparse.Namespace, name: str
     if args.valid_users is not None:
         train_cap += ["--valid-users", str(args.valid_users)]
     cache = ["--cache-dir", str(paths.cache)]
+    features_cmd = ["training.features"]
+    if args.random_content:  # every stage but the encoder (benchmarks.random_features)
+        features_cmd, cache = ["benchmarks.random_features"], []
     return {
         "data": ["training.data", "--dataset", "synthetic", "--n-items", str(size.items),
                  "--n-users", str(size.users), "--n-events", str(size.events),
                  "--seed", str(args.seed), "--out", str(paths.data)],
-        "features": ["training.features", "--data", str(paths.data), "--out",
+        "features": [*features_cmd, "--data", str(paths.data), "--out",
                      str(paths.features), *cache],
         "materialize": ["training.feast_repo", "--repo", str(repo), "--features",
                         str(paths.features), "--template",
@@ -238,7 +241,7 @@ def stage_commands(size: Size, paths: Paths, args: argparse.Namespace, name: str
         "train": ["training.train", "--data", str(paths.data), "--features",
                   str(paths.features), "--mode", "deploy", "--out", str(paths.run), *train_cap],
         "export": ["training.export", "--run", str(paths.run)],
-        "features_eval": ["training.features", "--data", str(paths.data), "--out",
+        "features_eval": [*features_cmd, "--data", str(paths.data), "--out",
                           str(paths.features_eval), "--mode", "eval", *cache],
         "train_eval": ["training.train", "--data", str(paths.data), "--features",
                        str(paths.features_eval), "--mode", "eval", "--out",
@@ -264,6 +267,7 @@ def features_figures(row: dict, folder: Path) -> dict:
     return {"texts_encoded": encoded, "texts_cached": cached,
             "cache": "cold" if cached == 0 else "warm" if encoded == 0 else "partly warm",
             "texts_per_s": encoded / row["wall_s"] if encoded else None,
+            "random_content": summary["encoder"].startswith("random"),
             "items": summary["items"], "users": summary["users"]}  # fmt: skip
 
 
@@ -504,6 +508,8 @@ def throughput_cell(stage: str, row: dict) -> str:
     if stage == "data":
         return f"{_num(row['events_per_s'], 0)} events/s"
     if stage in ("features", "features_eval"):
+        if row.get("random_content"):
+            return f"random content vectors, no encoder ({row['items']:,} items)"
         rate = row["texts_per_s"]
         what = f"{_num(rate)} texts/s" if rate else "no text encoded"
         return f"{what} ({row['cache']} cache: {row['texts_encoded']:,} encoded, " \
@@ -639,6 +645,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=5000,
         help="training.evaluate --users: a seeded sample of test users (0 = all; default 5000)",
+    )
+    p.add_argument(
+        "--random-content",
+        action="store_true",
+        help="features with random content vectors instead of the encoder "
+        "(benchmarks.random_features): every other stage at sizes the encoder cannot reach",
     )
     p.add_argument(
         "--warm-cache",

@@ -119,3 +119,30 @@ def test_server_start_up_memory_and_rank_latency(tiny_run: tuple[Path, dict, str
     assert 0 < serve["rank_p50_ms"] <= serve["rank_p99_ms"]
     assert result["targets"]["server_startup_s"]["limit"] == scale.TARGET_STARTUP_S
     assert "| scale | " in stdout
+
+
+def test_random_content_features_are_the_features_step_without_the_encoder(
+    tiny_dataset_dir: Path, tmp_path: Path
+) -> None:
+    """Same files and statistics as the features step, unit random vectors, said so."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks import random_features
+    from core import schema
+    from training import features
+
+    real_embed = features.embed_texts
+    try:
+        random_features.main(["--data", str(tiny_dataset_dir), "--out", str(tmp_path)])
+    finally:
+        features.embed_texts = real_embed
+    items = pd.read_parquet(tmp_path / schema.ITEM_FEATURES_FILE)
+    vectors = np.stack(items[schema.CONTENT_VEC].to_numpy())
+    assert vectors.shape[1] == random_features.DIM
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    summary = json.loads((tmp_path / schema.FEATURES_SUMMARY_FILE).read_text())
+    assert summary["encoder"].startswith("random") and summary["texts_cached"] == 0
+    assert (tmp_path / schema.USER_FEATURES_FILE).exists()
