@@ -107,7 +107,9 @@ def test_a_dying_worker_stops_the_job_with_an_error(shop, tmp_path: Path) -> Non
     """kill -9 of one worker: torchrun stops the other and exits non-zero naming the
     failure; the run dir holds no checkpoint or a complete, loadable one."""
     run = tmp_path / "killed"
-    argv = _train_argv(shop, run, 2, "--epochs", "500", "--patience", "500")
+    # the large-catalogue path under DDP: sampled softmax, sparse gradients (gloo)
+    argv = _train_argv(shop, run, 2, "--epochs", "500", "--patience", "500",
+                       "--full-softmax-max-items", "0", "--sparse-embeddings", "on")  # fmt: skip
     proc = subprocess.Popen(
         argv, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

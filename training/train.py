@@ -584,7 +584,9 @@ def check_fits(
         batch = local_batch_size(config, cluster)
         parts["full catalogue softmax"] = 16 * batch * n_items + 24 * n_items * d
     per_process = sum(parts.values())
-    need = per_process * (cluster.world if cluster.local_rank == 0 else 1)
+    # every process on this machine holds its own copy: the launcher says how many
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", cluster.world))
+    need = per_process * local
     if need <= 0.8 * available:
         return
     largest = max(parts, key=parts.get)
