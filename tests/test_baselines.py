@@ -63,10 +63,11 @@ def assert_own_block_first(scores: np.ndarray, held: np.ndarray) -> None:
     [
         EASE(lam=1.0),
         BPRMF(dim=8, epochs=60, lr=0.05, seed=0),
+        BPRMF(dim=8, epochs=60, lr=0.05, seed=0, sparse_above=0),  # SparseAdam (large data)
         LogisticRegression(epochs=30, lr=0.05, seed=0),
         ContentOnly(),
     ],
-    ids=lambda m: m.name,
+    ids=lambda m: m.name + ("-sparse" if getattr(m, "sparse_above", 1) == 0 else ""),
 )
 def test_learns_the_checkerboard(model: Recommender) -> None:
     train, content, held = checkerboard()

@@ -232,9 +232,10 @@ class BPRMF:
         reg: float = 1e-4,  # L2 weight on the batch's user and item vectors
         batch_size: int = 1024,
         seed: int = 0,
+        sparse_above: int = 100_000,  # users + items above which SparseAdam updates rows
     ) -> None:
         self.dim, self.epochs, self.lr, self.reg = dim, epochs, lr, reg
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.sparse_above = batch_size, seed, sparse_above
 
     def fit(self, train: sp.csr_matrix, item_content: np.ndarray) -> BPRMF:
         """Train the factors with Adam; deterministic for a given seed."""
@@ -248,8 +249,12 @@ class BPRMF:
         rng = np.random.default_rng(self.seed)
         user = torch.nn.Parameter(torch.randn(n_users, self.dim, generator=gen) * 0.05)
         item = torch.nn.Parameter(torch.randn(n_items, self.dim, generator=gen) * 0.05)
-        bias = torch.nn.Parameter(torch.zeros(n_items))
-        opt = torch.optim.Adam([user, item, bias], lr=self.lr)
+        sparse = n_users + n_items > self.sparse_above
+        bias = torch.nn.Parameter(torch.zeros((n_items, 1) if sparse else n_items))
+        # dense Adam updates every row each step: 46 s an epoch at 100k items + 50k users
+        # on one thread; above `sparse_above` rows SparseAdam updates the batch's rows only
+        make_opt = torch.optim.SparseAdam if sparse else torch.optim.Adam
+        opt = make_opt([user, item, bias], lr=self.lr)
         users, items = _positive_pairs(binary)
         for _ in tqdm(range(self.epochs), desc="BPR-MF epochs", leave=False):
             order = rng.permutation(users.size)
@@ -258,8 +263,13 @@ class BPRMF:
             for start in _batches(users.size, self.batch_size):
                 sl = slice(start, start + self.batch_size)
                 u, i, j = (torch.from_numpy(a[sl]) for a in (u_all, i_all, j_all))
-                pu, qi, qj = user[u], item[i], item[j]
-                x = (pu * (qi - qj)).sum(dim=1) + bias[i] - bias[j]
+                if sparse:  # the same lookups with sparse gradients
+                    pu, qi, qj = (F.embedding(idx, table, sparse=True)
+                                  for idx, table in ((u, user), (i, item), (j, item)))  # fmt: skip
+                    b_i, b_j = F.embedding(torch.stack([i, j]), bias, sparse=True)[..., 0]
+                else:
+                    pu, qi, qj, b_i, b_j = user[u], item[i], item[j], bias[i], bias[j]
+                x = (pu * (qi - qj)).sum(dim=1) + b_i - b_j
                 l2 = pu.pow(2).sum() + qi.pow(2).sum() + qj.pow(2).sum()
                 loss = -F.logsigmoid(x).mean() + self.reg * l2 / u.numel()
                 opt.zero_grad()
@@ -268,7 +278,7 @@ class BPRMF:
             log.debug("BPR-MF loss %.4f", loss.item())
         self.user = user.detach().numpy().copy()
         self.item = item.detach().numpy().copy()
-        self.bias = bias.detach().numpy().copy()
+        self.bias = bias.detach().numpy().reshape(-1).copy()
         return self
 
     def score(self, users: np.ndarray) -> np.ndarray:
