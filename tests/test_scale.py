@@ -59,6 +59,7 @@ def test_tree_rss_counts_children() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
     try:
         assert scale.tree_rss(os.getpid()) > scale.tree_rss(child.pid) > 0
+        assert scale.tree_pss(os.getpid()) > scale.tree_pss(child.pid) > 0
     finally:
         child.kill()
         child.wait()
@@ -116,6 +117,7 @@ def test_server_start_up_memory_and_rank_latency(tiny_run: tuple[Path, dict, str
     result, stdout = run_scale(out, "serve")
     serve = result["stages"]["serve"]
     assert serve["startup_s"] > 0 and serve["rss_mb"] > 10 and serve["requests"] == 30
+    assert 10 < serve["pss_mb"] <= serve["rss_mb"] * 1.01  # shared pages counted once
     assert 0 < serve["rank_p50_ms"] <= serve["rank_p99_ms"]
     assert result["targets"]["server_startup_s"]["limit"] == scale.TARGET_STARTUP_S
     assert "| scale | " in stdout
