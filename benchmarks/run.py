@@ -64,6 +64,33 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
         "full-catalogue scoring + ranking: seconds per user and peak RSS at 100k and 1M items",
         ["benchmarks.eval_cost", "--n-items", "100000", "1000000"],
     ),
+    "train_step": (
+        "seconds per training step at 10k, 100k, 1M items: full/sampled softmax, dense/sparse",
+        [
+            "benchmarks.train_step",
+            "--n-items",
+            "10000",
+            "100000",
+            "1000000",
+            "--steps",
+            "12",
+            "--threads",
+            "1",
+        ],
+    ),  # fmt: skip
+    "shortlist": (
+        "evaluation with a shortlist vs exact full ranking (needs model_quality's run first)",
+        [
+            "benchmarks.shortlist",
+            "--run",
+            "artifacts/ml-100k-quality",
+            "--shortlist",
+            "50",
+            "100",
+            "200",
+            "500",
+        ],
+    ),  # fmt: skip
     "serving": (
         "Rank p50/p99/throughput, item cache vs naive per-request Feast lookups",
         ["benchmarks.serving", "--concurrency", "1,4,16", "--repeats", "3"],
