@@ -2,7 +2,9 @@
 
 Items get a category, brand, price, title and short description built from word lists;
 popularity is Zipf-like so the long tail looks like a real shop's (the top 20% of items
-hold well over half the events); each user has category tastes; events are
+hold well over half the events); each user has category tastes and a favourite style
+(category, brand, colour) whose items, popular or not, get a share of their events;
+events are
 view / click / cart / purchase with timestamps. Everything is vectorised numpy, so it
 scales from ten rows (tests) to 1M items / 10M events (scale runs), and the same seed
 always gives the same tables.
@@ -55,6 +57,12 @@ SPAN_SECONDS = 180 * 24 * 3600
 ZIPF_EXPONENT = 1.1  # popularity weight of the item at rank r is r ** -ZIPF_EXPONENT
 TASTE_CONCENTRATION = 0.3  # Dirichlet alpha: small -> users focus on few categories
 EXPLORE = 0.2  # share of events drawn from overall popularity, ignoring the user's tastes
+# share of events that follow the user's style: a uniform draw among the items of one
+# (category, brand, colour) cell the user favours, popular or not. It is what makes tail
+# items findable: a user who loves navy Nordlys kitchen things buys the rarely bought ones
+# too, and their titles say so (without it a tail item has no signal at all that sets it
+# apart from the thousands of others of its category)
+STYLE = 0.3
 CHUNK = 1_000_000  # events drawn per batch, bounds memory at large sizes
 
 
@@ -150,6 +158,42 @@ def _sample_items(
     return out
 
 
+def _style_cells(items: pd.DataFrame) -> np.ndarray:
+    """Each item's (category, brand, colour) cell number."""
+    codes = [
+        pd.Categorical(items[column], categories=list(values)).codes.astype(np.int64)
+        for column, values in (("category", CATEGORIES), ("brand", BRANDS))
+    ]
+    colour = np.zeros(len(items), dtype=np.int64)
+    for c, name in enumerate(COLOURS):  # the colour is the title's third-last word group
+        colour[items["title"].str.contains(f" {name} ", regex=False).to_numpy()] = c
+    return (codes[0] * len(BRANDS) + codes[1]) * len(COLOURS) + colour
+
+
+def _follow_styles(
+    users: np.ndarray, out: np.ndarray, items: pd.DataFrame, tastes: np.ndarray, rng
+) -> None:
+    """Replace a ``STYLE`` share of the events, in place, by a uniform draw from the
+    user's favourite cell (its category drawn from the user's tastes, brand and colour
+    uniformly); an empty cell keeps the popularity draw."""
+    n_cells = len(CATEGORIES) * len(BRANDS) * len(COLOURS)
+    cells = _style_cells(items)
+    order = np.argsort(cells, kind="stable")
+    starts = np.searchsorted(cells[order], np.arange(n_cells + 1))
+    n_users = tastes.shape[0]
+    fav_cat = (tastes.cumsum(axis=1) < rng.random(n_users)[:, None]).sum(axis=1)
+    fav_cat = np.minimum(fav_cat, len(CATEGORIES) - 1)
+    favourite = (fav_cat * len(BRANDS) + rng.integers(0, len(BRANDS), n_users)) * len(
+        COLOURS
+    ) + rng.integers(0, len(COLOURS), n_users)
+    style = rng.random(len(users)) < STYLE
+    cell = favourite[users[style]]
+    size = starts[cell + 1] - starts[cell]
+    pick = starts[cell] + np.floor(rng.random(len(cell)) * size).astype(np.int64)
+    rows = np.flatnonzero(style)[size > 0]
+    out[rows] = order[pick[size > 0]]
+
+
 def generate(
     n_users: int, n_items: int, n_events: int, seed: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -166,6 +210,7 @@ def generate(
     pop = _popularity(n_items, rng)
     ev_users = _event_users(n_users, n_events, rng)
     ev_items = _sample_items(ev_users, tastes, np.asarray(cat, dtype=np.int64), pop, rng)
+    _follow_styles(ev_users, ev_items, items, tastes, rng)
     kind = rng.choice(len(EVENT_TYPES), n_events, p=EVENT_PROBS)
     seconds = rng.integers(0, SPAN_SECONDS, n_events)
     price = items["price"].to_numpy()
