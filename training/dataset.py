@@ -126,6 +126,11 @@ class TrainingData:
         """[I + 1] float32 training counts by catalogue row (the padding row: 0)."""
         return np.r_[self.train_counts, 0].astype(np.float32)
 
+    @cached_property
+    def vocab_share(self) -> np.ndarray:
+        """[n_items + 1] share of the training events by vocabulary index (p_train)."""
+        return self.vocab_counts() / max(len(self.train_items), 1)
+
     def vocab_counts(self) -> np.ndarray:
         """[n_items + 1] float32 counts by vocabulary index (the model's buffer)."""
         out = np.zeros(len(self.item_vocab) + 1, dtype=np.float32)
