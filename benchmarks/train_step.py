@@ -33,7 +33,7 @@ import torch
 from benchmarks.eval_cost import random_training_data
 from training.config import TrainConfig
 from training.model import build_model
-from training.train import EpochBatches, TrainStep, make_optimizers, vocab_content
+from training.train import EpochBatches, TrainStep, make_optimizers, take_step, vocab_content
 
 log = logging.getLogger("benchmarks.train_step")
 VARIANTS = {  # name -> (sampled catalogue softmax, sparse embeddings)
@@ -58,12 +58,7 @@ def step_seconds(data, config: TrainConfig, sparse: bool, steps: int, warmup: in
     times = []
     for i in range(steps):
         started = time.perf_counter()
-        loss = step(next(batches))
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for optimizer in optimizers:
-            optimizer.step()
+        take_step(step, next(batches), optimizers)
         if i >= warmup:
             times.append(time.perf_counter() - started)
     return times

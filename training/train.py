@@ -72,7 +72,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -404,6 +404,24 @@ def make_optimizers(model: FusionCTR, config: TrainConfig) -> list[torch.optim.O
     ]
 
 
+def take_step(
+    step: nn.Module,
+    batch: ds.Batch,
+    optimizers: list[torch.optim.Optimizer],
+    schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler] = (),
+) -> float:
+    """One optimisation step on ``batch`` (already on the device); its loss."""
+    loss = step(batch)
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for optimizer in optimizers:
+        optimizer.step()
+    for scheduler in schedulers:
+        scheduler.step()
+    return float(loss.detach())
+
+
 def train_epoch(
     step: nn.Module,
     batches: EpochBatches,
@@ -422,15 +440,7 @@ def train_epoch(
     for batch in tqdm(
         loader, desc="train", leave=False, mininterval=2.0, disable=not show_progress
     ):
-        loss = step(batch.to(device))
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for optimizer in optimizers:
-            optimizer.step()
-        for scheduler in schedulers:
-            scheduler.step()
-        total += float(loss.detach())
+        total += take_step(step, batch.to(device), optimizers, schedulers)
         steps += 1
     return total / max(steps, 1)
 
