@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -45,6 +45,7 @@ class Cluster:
     events_db: Path
     cands: list[str]
     items_served: int = 0  # items in every OK Rank response: impression rows expected
+    lock: threading.Lock = field(default_factory=threading.Lock)  # load threads add to it
 
     def rank(self, user: str) -> ranking_pb2.RankResponse:
         """One Rank on a fresh connection (the kernel picks a worker per connection)."""
@@ -55,7 +56,8 @@ class Cluster:
                 ranking_pb2.RankRequest(user_id=user, candidate_ids=self.cands, top_k=3),
                 timeout=TIMEOUT,
             )
-        self.items_served += len(reply.items)
+        with self.lock:  # `+=` on an attribute is not atomic across threads
+            self.items_served += len(reply.items)
         return reply
 
     def scrape(self) -> dict[str, float]:
@@ -195,8 +197,11 @@ def test_sigterm_drains_every_worker_and_flushes_every_impression(cluster: Clust
     for t in threads:
         t.join(timeout=30)
     # calls that reach a draining worker are refused, never half-served: UNAVAILABLE, or
-    # CANCELLED for one gRPC had queued but no handler had taken (docs/SERVING.md Shutdown)
-    refused = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    # CANCELLED for one gRPC had queued but no handler had taken, or, rarely, DEADLINE_EXCEEDED
+    # for a connection opened as the listener closed (grpc/grpc#10418; docs/SERVING.md
+    # Shutdown). None of them was scored: the row count below would show one that was.
+    refused = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+               grpc.StatusCode.DEADLINE_EXCEEDED}  # fmt: skip
     assert served_before > 0 and set(errors) <= refused
     log_text = cluster.log_path.read_text()
     for pid in pids:  # each worker drained and closed its event log
