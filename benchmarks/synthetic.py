@@ -38,6 +38,7 @@ def synthetic_features(out: Path, n_items: int, n_users: int, hist: int, seed: i
     pd.DataFrame({
         schema.USER_ID: [f"u{k}" for k in range(n_users)], schema.EVENT_TIMESTAMP: now,
         schema.HISTORY: histories, schema.HISTORY_LEN: hist, schema.USER_ATTRIBUTES: "{}",
+        schema.HISTORY_TS: [list(range(hist)) for _ in range(n_users)],
     }).to_parquet(out / schema.USER_FEATURES_FILE)  # fmt: skip
 
 
@@ -72,7 +73,7 @@ def build_synthetic(
 
     repo, model = tmp / "feature_repo", tmp / "model"
     stamp = tmp / "setup.json"
-    want = {"items": n_items, "users": n_users, "new_share": new_share}
+    want = {"items": n_items, "users": n_users, "new_share": new_share, "user_view": 2}
     if stamp.is_file() and json.loads(stamp.read_text()) == want:
         return repo, model
     shutil.rmtree(repo, ignore_errors=True)

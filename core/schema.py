@@ -42,6 +42,7 @@ TITLE = "title"  # str, for display (empty when the item has none)
 # user feature columns
 HISTORY = "history"  # list<str>: the last N item ids, oldest first
 HISTORY_LEN = "history_len"  # int64
+HISTORY_TS = "history_ts"  # list<int64>: each history item's time, epoch ms (same order)
 USER_ATTRIBUTES = "attributes"  # str: JSON object of the user's attribute columns
 
 # Feast names

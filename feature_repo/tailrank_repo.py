@@ -54,6 +54,11 @@ user_features = FeatureView(
     schema=[
         Field(name="history", dtype=Array(String), description="last N item ids, oldest first"),
         Field(name="history_len", dtype=Int64, description="length of history"),
+        Field(
+            name="history_ts",
+            dtype=Array(Int64),
+            description="each history item's time, epoch ms (live Feedback inserts in order)",
+        ),
         Field(name="attributes", dtype=String, description="JSON object of user attributes"),
     ],
     online=True,

@@ -45,6 +45,8 @@ class ServerConfig:
     cache_batch_size: int = 500  # items per Feast call when filling the cache
     grace_s: float = 10.0  # on SIGTERM, how long in-flight requests may take to finish
     event_log_url: str | None = "sqlite:///data/events.db"  # None (--no-event-log): off
+    live_histories: bool = True  # Feedback appends to the user's history in the online store
+    history_len: int = 0  # live histories keep the last N; 0: training.features' value, else 50
     log_level: str = "INFO"
     # TLS, mTLS and bearer tokens (docs/SECURITY.md); SIGHUP re-reads every file below
     tls_cert: Path | None = None  # PEM certificate chain: serve TLS (with tls_key)
@@ -69,6 +71,10 @@ class ServerConfig:
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR: {self.log_level}")
         if self.ort_threads < 0 or self.cache_refresh_s < 0 or self.grace_s < 0:
             raise ConfigError("ort_threads, cache_refresh_s and grace_s must be >= 0")
+        if self.history_len < 0:
+            raise ConfigError(
+                f"history_len is {self.history_len}: use 0 (the features step's) or a count"
+            )
         if self.processes < 0 or self.max_in_flight < 0:
             raise ConfigError(
                 "processes and max_in_flight must be >= 0 (0 = one process per core, "

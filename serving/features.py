@@ -12,6 +12,7 @@ Store faults raise ``Unavailable``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -49,6 +50,15 @@ class ItemRows:
     count: np.ndarray  # float32 [N]
     is_tail: np.ndarray  # bool [N]
     vocab_idx: np.ndarray  # int64 [N], the model's index, 0 = unknown to the model
+
+
+@dataclass(frozen=True)
+class UserRow:
+    """What the live path (serving.histories) reads of a user row to rewrite it."""
+
+    history: list[str]  # item ids, oldest first
+    times: list[int]  # epoch ms of each history item; [] when the store has none
+    attributes: str  # JSON object, kept as is
 
 
 class FeatureClient:
@@ -177,6 +187,50 @@ class FeatureClient:
         if value is None or value.WhichOneof("val") != "string_list_val":
             return None
         return list(value.string_list_val.val)
+
+    def user_rows(self, user_ids: Sequence[str]) -> list[UserRow | None]:
+        """The live-history fields of ``user_ids`` (one read), None for a user the store does
+        not hold. ``times`` is [] in a store built before ``history_ts`` existed."""
+        fields = [schema.HISTORY, schema.HISTORY_TS, schema.USER_ATTRIBUTES]
+        out: list[UserRow | None] = []
+        for row in self._read(schema.USER_VIEW, schema.USER_ID, user_ids, fields):
+            history = None if row is None else row.get(schema.HISTORY)
+            if history is None or history.WhichOneof("val") != "string_list_val":
+                out.append(None)
+                continue
+            times = row.get(schema.HISTORY_TS)
+            ok = times is not None and times.WhichOneof("val") == "int64_list_val"
+            attrs = row.get(schema.USER_ATTRIBUTES)
+            has_attrs = attrs is not None and attrs.HasField("string_val")
+            out.append(
+                UserRow(
+                    list(history.string_list_val.val),
+                    list(times.int64_list_val.val) if ok else [],
+                    attrs.string_val if has_attrs else "{}",
+                )
+            )
+        return out
+
+    def write_users(self, rows: pd.DataFrame) -> None:
+        """Write whole user rows (every column of the user view, ``event_timestamp``) through
+        Feast's public write path, ``FeatureStore.write_to_online_store``. Store faults raise
+        ``Unavailable``; nothing is written then."""
+        try:
+            self.store.write_to_online_store(schema.USER_VIEW, rows)
+        except Exception as exc:  # sqlite3/psycopg/redis errors have no common base
+            raise self._unavailable(exc) from exc
+
+    def user_source_summary(self) -> dict:
+        """``features_summary.json`` beside the user view's offline source (what
+        ``training.features`` wrote: its ``history_len``...), {} when there is none."""
+        path = getattr(self._views[schema.USER_VIEW].batch_source, "path", None)
+        if not path or "://" in path:
+            return {}
+        full = Path(path) if Path(path).is_absolute() else Path(self.store.repo_path) / path
+        try:
+            return json.loads((full.parent / schema.FEATURES_SUMMARY_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
 
     # --- items ---------------------------------------------------------------------------
     def fetch_items(self, ids: Sequence[str], vocab: Mapping[str, int] | None = None) -> ItemRows:

@@ -58,6 +58,12 @@ TAIL_SHARE = Histogram(
 )
 COLD_USERS = Counter("tailrank_cold_users_total", "Rank requests for users unknown to Feast")
 UNSCORED = Counter("tailrank_unscored_items_total", "Candidates that could not be scored")
+HISTORY_UPDATES = Counter(
+    "tailrank_history_updates_total",
+    "Feedback events applied to user histories in the online store, by result: applied, "
+    "duplicate (already held), too_old (older than a full history), error (store down)",
+    ["result"],
+)
 # an Info metric in form (value 1, the facts as labels), which multiprocess mode can sum
 MODEL = Gauge(
     "tailrank_model_info", "The model being served", ["version", "provider"],

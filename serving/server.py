@@ -31,13 +31,21 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from core import contract
 from core.ids import MAX_ID_BYTES, MAX_REQUEST_ID_BYTES, id_problem
 from serving import metrics
 from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
 from serving.config import ServerConfig
-from serving.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, status_for
+from serving.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+    status_for,
+)
 from serving.eventlog import Impression, parse_feedback
 from serving.features import FeatureClient
+from serving.histories import LiveHistories
 from serving.inference import Model
 from serving.itemtable import SHARED_TABLE_ENV, ItemTable
 from serving.ranker import RankArgs, Ranker, Ranking
@@ -98,6 +106,18 @@ def validate(request: ranking_pb2.RankRequest, max_candidates: int, tail_weight:
     )
 
 
+def live_histories(config: ServerConfig, features: FeatureClient) -> LiveHistories | None:
+    """Feedback -> user history (serving.histories), keeping as many items as the offline
+    path: ``--history-len``, else the features step's (features_summary.json), else 50."""
+    if not config.live_histories:
+        return None
+    limit = config.history_len or int(
+        features.user_source_summary().get("history_len") or contract.DEFAULT_HISTORY_LEN
+    )
+    log.info("event=live_histories history_len=%d", limit)
+    return LiveHistories(features, limit)
+
+
 class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
     """Rank and Feedback over a FeatureClient, a Model and an optional EventLog."""
 
@@ -109,6 +129,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         self.model = model
         self.event_log = event_log
         self.ranker = Ranker(features, model, config.item_cache)
+        self.histories = live_histories(config, features) if event_log is not None else None
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._stop = threading.Event()
@@ -176,7 +197,14 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
     def _feedback(self, request: ranking_pb2.FeedbackRequest) -> ranking_pb2.FeedbackResponse:
         if self.event_log is None:
             raise FailedPrecondition("event log disabled: start the server with --event-log-url")
-        accepted = self.event_log.record_feedback(parse_feedback(request))
+        events = parse_feedback(request)
+        accepted = self.event_log.record_feedback(events)
+        if self.histories is not None:
+            try:
+                self.histories.apply(events)
+            except Unavailable as exc:  # stored in the log: the offline rebuild restores it
+                metrics.HISTORY_UPDATES.labels("error").inc(len(events))
+                log.warning("event=history_update_failed events=%d error=%s", len(events), exc)
         return ranking_pb2.FeedbackResponse(accepted=accepted)
 
     def _rank(

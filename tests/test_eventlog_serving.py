@@ -28,12 +28,12 @@ TIMEOUT = 10.0
 
 @pytest.fixture
 def logged_server(
-    tiny_feature_repo: Path, tiny_model_dir: Path, event_url: str
+    writable_feature_repo: Path, tiny_model_dir: Path, event_url: str
 ) -> Iterator[tuple[ranking_pb2_grpc.RankingServiceStub, object]]:
     """A server with its event log on ``event_url``; yields (stub, servicer)."""
     from tests.fixtures.serving import serving_config, started_server
 
-    config = serving_config(tiny_feature_repo, tiny_model_dir, event_log_url=event_url)
+    config = serving_config(writable_feature_repo, tiny_model_dir, event_log_url=event_url)
     with started_server(config) as (stub, servicer):
         try:
             yield stub, servicer

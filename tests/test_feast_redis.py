@@ -167,3 +167,16 @@ def test_redis_variables_default_to_the_local_server(tmp_path: Path, monkeypatch
     monkeypatch.setenv("TAILRANK_REDIS_HOST", "redis.example")
     config = feast_repo.repo_config(repo, repo / REDIS_YAML)
     assert config.online_store.connection_string == "redis.example:6379,password="
+
+
+@pytest.mark.redis
+def test_live_histories_on_redis(redis_repo: tuple[Path, Path], tiny_features_dir: Path) -> None:
+    """Feedback -> history (serving.histories) reads and writes user rows on Redis; Redis
+    keeps the newest row by event time, and the live rows are stamped with the write time."""
+    from serving.features import FeatureClient
+    from tests.test_live_histories import check_live_round_trip
+
+    repo, fs_yaml = redis_repo
+    users = pd.read_parquet(tiny_features_dir / schema.USER_FEATURES_FILE)
+    user = str(users[users[schema.HISTORY].map(len) > 0][schema.USER_ID].iloc[0])
+    check_live_round_trip(FeatureClient(repo, 384, fs_yaml=fs_yaml), user)

@@ -125,6 +125,13 @@ def test_postgres_round_trip(
         engine.dispose()
     assert {"feature_views", "entities", "feature_services"} <= tables
     assert {f"tailrank_{schema.USER_VIEW}", f"tailrank_{schema.ITEM_VIEW}"} <= tables
+    # the live path (Feedback -> history) reads and writes user rows on PostgreSQL too
+    from serving.features import FeatureClient
+    from tests.test_live_histories import check_live_round_trip
+
+    users = pd.read_parquet(repo / "data" / schema.USER_FEATURES_FILE)
+    user = str(users[users[schema.HISTORY].map(len) > 0][schema.USER_ID].iloc[0])
+    check_live_round_trip(FeatureClient(repo, 384), user)
 
 
 def test_unreachable_postgres_is_a_clear_error(

@@ -110,8 +110,10 @@ def test_features_files_follow_the_contract(tiny_features_dir: Path) -> None:
     ]  # fmt: skip
     assert list(users.columns) == [
         schema.USER_ID, schema.EVENT_TIMESTAMP, schema.HISTORY, schema.HISTORY_LEN,
-        schema.USER_ATTRIBUTES,
+        schema.HISTORY_TS, schema.USER_ATTRIBUTES,
     ]  # fmt: skip
+    for hist, times in zip(users[schema.HISTORY], users[schema.HISTORY_TS], strict=True):
+        assert len(times) == len(hist) and list(times) == sorted(times)  # epoch ms, in order
     vecs = np.stack(items[schema.CONTENT_VEC].to_numpy())
     assert vecs.shape[1] == 384 and vecs.dtype == np.float32
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)  # MiniLM normalises

@@ -29,11 +29,11 @@ TIMEOUT = 10.0
 
 
 @pytest.fixture(scope="module")
-def logged_server(tiny_feature_repo, tiny_model_dir, tmp_path_factory) -> Iterator[tuple]:
+def logged_server(writable_feature_repo, tiny_model_dir, tmp_path_factory) -> Iterator[tuple]:
     from serving.__main__ import build_servicer
 
     url = f"sqlite:///{tmp_path_factory.mktemp('events') / 'events.db'}"
-    config = serving_config(tiny_feature_repo, tiny_model_dir, event_log_url=url)
+    config = serving_config(writable_feature_repo, tiny_model_dir, event_log_url=url)
     servicer = build_servicer(config)
     servicer.start()
     server, port = create_server(config, servicer)
@@ -100,7 +100,8 @@ def test_client_cli_prints_the_ranked_list(
 ):
     port = logged_server[3]
     where = tiny_features_dir if source == "--titles" else tiny_feature_repo
-    argv = ["--target", f"127.0.0.1:{port}", "--user", "anyone", "--top-k", "2",
+    # a user no Feedback has reached (Feedback gives a user a history: no longer cold)
+    argv = ["--target", f"127.0.0.1:{port}", "--user", "never-seen", "--top-k", "2",
             "--candidates", ",".join([*item_ids[:3], "ghost"]), source, str(where),
             "--explain"]  # fmt: skip
     assert client.main(argv) == 0

@@ -165,18 +165,43 @@ def write_dataset(tables: dict[str, pd.DataFrame], summary: dict[str, object], o
 
 def load_source(args: argparse.Namespace) -> RawTables:
     """Read the raw tables the CLI arguments point at."""
-    if args.data is not None:
-        directory = Path(args.data)
-        if (directory / movielens.GROUPLENS_INTERACTIONS).is_file():
-            inter, items, users = movielens.load_grouplens(directory)
-            files = movielens.grouplens_files(directory)
-            return RawTables(inter, items, users, source=directory.name, files=files)
-        return load_directory(directory)
+    if args.data:
+        parts = [load_folder(Path(d)) for d in args.data]
+        return parts[0] if len(parts) == 1 else combine(parts)
     if args.dataset == "movielens-100k":
         inter, items, users = movielens.load_movielens_100k(Path(args.cache_dir))
         return RawTables(inter, items, users, source="movielens-100k", files=movielens.FILES)
     inter, items, users = synthetic.generate(args.n_users, args.n_items, args.n_events, args.seed)
     return RawTables(inter, items, users, source="synthetic")
+
+
+def load_folder(directory: Path) -> RawTables:
+    """A user's folder (docs/DATA.md) or a GroupLens ml-100k folder."""
+    if (directory / movielens.GROUPLENS_INTERACTIONS).is_file():
+        inter, items, users = movielens.load_grouplens(directory)
+        files = movielens.grouplens_files(directory)
+        return RawTables(inter, items, users, source=directory.name, files=files)
+    return load_directory(directory)
+
+
+def combine(parts: list[RawTables]) -> RawTables:
+    """Several ``--data`` folders as one data set: every interaction of every folder; an
+    item or user listed in several keeps the row of the first folder that lists it (put
+    the shop's own data first, then ``events_cli export`` folders, whose items have no
+    text). Column names follow docs/DATA.md in every folder."""
+    inter = pd.concat([p.interactions for p in parts], ignore_index=True)
+    items = pd.concat([p.items for p in parts], ignore_index=True)
+    items = items.drop_duplicates(schema.ITEM_ID, keep="first", ignore_index=True)
+    user_parts = [p.users for p in parts if p.users is not None]
+    users = None
+    if user_parts:
+        users = pd.concat(user_parts, ignore_index=True)
+        users = users.drop_duplicates(schema.USER_ID, keep="first", ignore_index=True)
+    source = "+".join(p.source for p in parts)
+    files = {
+        key: " + ".join(p.files[key] for p in parts if key in p.files) for key in parts[0].files
+    }
+    return RawTables(inter, items, users, source=source, files=files)
 
 
 def positive_int(text: str) -> int:
@@ -202,8 +227,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument(
         "--data",
         metavar="DIR",
+        action="append",
         help="your own interactions/items[/users] .csv or .parquet (docs/DATA.md), "
-        "or a GroupLens ml-100k folder (u.data, u.item, u.user)",
+        "or a GroupLens ml-100k folder (u.data, u.item, u.user); give it again to add "
+        "folders, e.g. an `events_cli export` of logged Feedback: all interactions are "
+        "used, and an item or user keeps the row of the first folder listing it",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (replaced whole)")
     p.add_argument(

@@ -160,9 +160,23 @@ def user_histories(
     starts = np.flatnonzero(change)
     ends = np.r_[starts[1:], len(users)][: len(starts)]
     history = [items[a:b].tolist() for a, b in zip(starts, ends, strict=True)]
+    millis = epoch_ms(last[schema.TIMESTAMP])
+    times = [millis[a:b].tolist() for a, b in zip(starts, ends, strict=True)]
     index = pd.Index(users[starts], name=schema.USER_ID)
     lengths = np.asarray([len(h) for h in history], dtype="int64")
-    return pd.DataFrame({schema.HISTORY: history, schema.HISTORY_LEN: lengths}, index=index)
+    return pd.DataFrame(
+        {schema.HISTORY: history, schema.HISTORY_LEN: lengths, schema.HISTORY_TS: times},
+        index=index,
+    )
+
+
+def epoch_ms(timestamps: pd.Series) -> np.ndarray:
+    """int64 milliseconds since the epoch (UTC; naive times are UTC), floored: the unit of
+    a Feedback event's ``timestamp_ms``, so the live path (serving.histories) orders the
+    same way."""
+    ts = pd.to_datetime(timestamps)
+    ts = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
+    return ts.dt.floor("ms").astype("datetime64[ms, UTC]").astype("int64").to_numpy()
 
 
 def user_attributes(users: pd.DataFrame) -> pd.Series:
@@ -270,12 +284,14 @@ def build_user_features(
     attrs = user_attributes(users)
     hist = user_histories(interactions, history_len).reindex(attrs.index)
     history = hist[schema.HISTORY].map(lambda h: h if isinstance(h, list) else [])
+    times = hist[schema.HISTORY_TS].map(lambda t: t if isinstance(t, list) else [])
     return pd.DataFrame(
         {
             schema.USER_ID: attrs.index.to_numpy(),
             schema.EVENT_TIMESTAMP: as_of,
             schema.HISTORY: history.to_numpy(),
             schema.HISTORY_LEN: history.map(len).astype("int64").to_numpy(),
+            schema.HISTORY_TS: times.to_numpy(),
             schema.USER_ATTRIBUTES: attrs.to_numpy(),
         }
     )
@@ -300,6 +316,7 @@ USER_ARROW = pa.schema(
         (schema.EVENT_TIMESTAMP, pa.timestamp("us", tz="UTC")),
         (schema.HISTORY, pa.list_(pa.string())),
         (schema.HISTORY_LEN, pa.int64()),
+        (schema.HISTORY_TS, pa.list_(pa.int64())),
         (schema.USER_ATTRIBUTES, pa.string()),
     ]
 )
