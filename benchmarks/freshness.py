@@ -1,10 +1,14 @@
-"""Freshness benchmark: Feedback -> the user's history, as the next Rank reads it.
+"""Freshness benchmark: UpsertItems -> rankable, Feedback -> the user's history.
 
     python -m benchmarks.freshness                      # synthetic setup, SQLite store
     python -m benchmarks.freshness --events 2000 --batch 1,10,100
 
 A real server (in this process, on loopback, with a SQLite event log) over the synthetic
-setup of ``benchmarks.synthetic`` (1,682 items, 943 users with 50-item histories). For each
+setup of ``benchmarks.synthetic`` (1,682 items, 943 users with 50-item histories; the
+real all-MiniLM-L6-v2 ONNX graph for UpsertItems). Upserts: one new item per call, then a
+Rank of 200 candidates that must score it (time of the two calls), and batches of
+``--upsert-batch`` items (items/s). Targets (issue 15): 1 item -> rankable p50 <= 200 ms,
+p99 <= 1 s; 1,000 items per call at >= 200 items/s. Feedback: for each
 call: one Feedback with ``--batch`` click events for as many users (timestamp now), then,
 as soon as the response is back, one read of each user's row through a second, separate
 Feast client (what another server process or replica would read on its next Rank). The
@@ -17,6 +21,7 @@ visible <= 100 ms after the Feedback response.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import tempfile
 import time
@@ -42,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--events", type=int, default=1000, help="events per batch size (default 1000)")
     p.add_argument("--batch", default="1,10,100", help="events per Feedback call, comma list")
     p.add_argument("--setup-dir", type=Path, help="build the synthetic setup here once, reuse it")
+    p.add_argument("--upserts", type=int, default=200, help="1-item UpsertItems calls timed")
+    p.add_argument("--upsert-batch", type=int, default=1000, help="items per batch call")
+    p.add_argument("--upsert-rounds", type=int, default=3, help="batch calls timed")
     return p.parse_args(argv)
 
 
@@ -58,6 +66,7 @@ def run(repo: Path, model: Path, events_db: Path, args: argparse.Namespace) -> l
     server, port = create_server(config, servicer)
     reader = FeatureClient(repo, servicer.model.content_dim)  # another process's view
     rng = np.random.default_rng(0)
+    upsert_lines: list[str] = []
     lines = [
         "| events per call | calls | Feedback p50 ms | Feedback p99 ms | visible at first read "
         "| response -> seen p50 ms | p99 ms |",
@@ -66,6 +75,7 @@ def run(repo: Path, model: Path, events_db: Path, args: argparse.Namespace) -> l
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = ranking_pb2_grpc.RankingServiceStub(channel)
+            upsert_lines = upserts(stub, args)
             for batch in [int(b) for b in args.batch.split(",")]:
                 calls = max(1, args.events // batch)
                 latency, seen_after, first = [], [], 0
@@ -107,7 +117,71 @@ def run(repo: Path, model: Path, events_db: Path, args: argparse.Namespace) -> l
         servicer.shutting_down()
         server.stop(0).wait()
         servicer.event_log.close()
-    return lines
+    return upsert_lines + lines
+
+
+WORDS = ("trail", "linen", "walnut", "copper", "wool", "travel", "garden", "studio", "kids")
+KINDS = ("boots", "lamp", "kettle", "backpack", "scarf", "desk", "planter", "speaker", "tent")
+
+
+def new_item(k: int, rng: np.random.Generator) -> ranking_pb2.ItemUpsert:
+    words = " ".join(rng.choice(WORDS, size=2, replace=False))
+    kind = KINDS[k % len(KINDS)]
+    return ranking_pb2.ItemUpsert(
+        item_id=f"new-{k}", text={"title": f"{words} {kind} no. {k}".capitalize()}
+    )
+
+
+def upserts(stub, args: argparse.Namespace) -> list[str]:
+    """UpsertItems of 1 item -> the next Rank scores it (p50/p99 of the two calls together,
+    the first call, which loads the encoder, excluded and reported), then batches of
+    ``--upsert-batch`` items: items/s."""
+    rng = np.random.default_rng(1)
+    known = [f"i{k}" for k in range(199)]
+    start = time.perf_counter()
+    stub.UpsertItems(ranking_pb2.UpsertItemsRequest(items=[new_item(0, rng)]), timeout=60)
+    first_ms = (time.perf_counter() - start) * 1e3
+    rankable = []
+    for k in range(1, args.upserts + 1):
+        item = new_item(k, rng)
+        start = time.perf_counter()
+        stub.UpsertItems(ranking_pb2.UpsertItemsRequest(items=[item]), timeout=60)
+        reply = stub.Rank(
+            ranking_pb2.RankRequest(user_id="u1", candidate_ids=[*known, item.item_id]),
+            timeout=10,
+        )
+        rankable.append((time.perf_counter() - start) * 1e3)
+        if reply.unscored:
+            raise RuntimeError(f"{item.item_id} upserted but not scored: {reply.unscored}")
+    rates = []
+    for r in range(args.upsert_rounds):
+        base = 10_000 * (r + 1)
+        batch = [new_item(base + k, rng) for k in range(args.upsert_batch)]
+        start = time.perf_counter()
+        stub.UpsertItems(ranking_pb2.UpsertItemsRequest(items=batch), timeout=600)
+        rates.append(len(batch) / (time.perf_counter() - start))
+    return [
+        "| upsert | calls | p50 ms | p99 ms | items/s |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        f"| first call (loads the encoder) | 1 | {first_ms:.1f} | | |",
+        f"| 1 item -> scored by the next Rank (200 candidates) | {len(rankable)} | "
+        f"{np.percentile(rankable, 50):.1f} | {np.percentile(rankable, 99):.1f} | |",
+        f"| {args.upsert_batch} items per call (median of {len(rates)}) | {len(rates)} | | | "
+        f"{float(np.median(rates)):.0f} |",
+        "",
+    ]
+
+
+def add_summary(repo: Path) -> None:
+    """What ``training.features`` leaves beside the item source, for UpsertItems: the
+    encoder (its ONNX graph, exported once) and the items table's columns."""
+    from training.encoder import encoder_description
+    from training.features import encoder_graph
+
+    info = encoder_description(None)
+    info |= encoder_graph(info)
+    summary = {"encoder": info, "item_columns": {"text": ["title"], "numeric": []}}
+    (repo / "data" / "features_summary.json").write_text(json.dumps(summary))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         import shutil
 
         work = Path(shutil.copytree(repo, Path(tmp) / "repo"))
+        add_summary(work)
         lines = run(work, model, Path(tmp) / "events.db", args)
     print("\n".join(lines))
     return 0

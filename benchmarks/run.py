@@ -95,6 +95,10 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
         "Rank p50/p99/throughput, item cache vs naive per-request Feast lookups",
         ["benchmarks.serving", "--concurrency", "1,4,16", "--repeats", "3"],
     ),
+    "freshness": (
+        "Feedback -> the user's history in the online store, as the next Rank reads it",
+        ["benchmarks.freshness"],
+    ),
     "ort_graph": (
         "ONNX Runtime time of the fusion graph with and without the sequence encoder",
         ["benchmarks.ort_graph"],

@@ -7,7 +7,8 @@ The server holds its SHA-256 hash in one line per token::
 
 from ``--auth-tokens-file`` (``#`` comments and blank lines allowed) and/or
 ``--auth-tokens`` (the same lines in one value, separated by ``;`` or newlines). Scopes:
-``rank`` (RankingService/Rank) and ``feedback`` (RankingService/Feedback).
+``rank`` (RankingService/Rank), ``feedback`` (RankingService/Feedback) and ``upsert``
+(RankingService/UpsertItems).
 
 ``AuthInterceptor`` reads ``authorization: Bearer <token>`` from each call's metadata,
 hashes the token and compares the digest with every known hash (``hmac.compare_digest``,
@@ -40,9 +41,15 @@ from serving.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SCOPES = ("rank", "feedback")
+SCOPES = ("rank", "feedback", "upsert")
 _SERVICE = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"]
-METHOD_SCOPES = {f"/{_SERVICE.full_name}/{m.name}": m.name.lower() for m in _SERVICE.methods}
+_SCOPE_OF = {"Rank": "rank", "Feedback": "feedback", "UpsertItems": "upsert"}
+# a method missing here has no scope: denied to every token (fail closed)
+METHOD_SCOPES = {
+    f"/{_SERVICE.full_name}/{m.name}": _SCOPE_OF[m.name]
+    for m in _SERVICE.methods
+    if m.name in _SCOPE_OF
+}
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIX = "/grpc.reflection."  # v1alpha and v1
 HASH_PREFIX = "sha256:"

@@ -12,6 +12,7 @@ a deadline (``--timeout-s``). TLS, mTLS and the bearer token: ``--tls-ca``,
 
     python -m serving.client --target rank.internal:50051 --tls-ca ca.pem \
         --token-file svc-a.token --user 1 --candidates 1,2,3
+    python -m serving.client upsert --target localhost:50051 new_items.csv  # UpsertItems
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ log = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.client", description="Call tailrank's Rank and print the list."
+        prog="python -m serving.client",
+        description="Call tailrank's Rank and print the list "
+        "(`python -m serving.client upsert --help`: send items to UpsertItems).",
     )
     parser.add_argument("--target", default="localhost:50051", help="server host:port")
     parser.add_argument("--user", required=True, help="user id to rank for")
@@ -135,7 +138,96 @@ def format_response(response: ranking_pb2.RankResponse, titles: dict[str, str]) 
     return "\n".join(lines)
 
 
+def build_upsert_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.client upsert",
+        description="Send catalogue items to UpsertItems from CSV/TSV/Parquet files: column "
+        "item_id, text columns of the shop's items table (title, brand, category, "
+        "description...) and numeric ones (year, price...); empty cells are left out. "
+        "Each batch is written whole or not at all.",
+    )
+    parser.add_argument("files", nargs="+", type=Path, help=".csv, .tsv or .parquet files")
+    parser.add_argument("--target", default="localhost:50051", help="server host:port")
+    parser.add_argument("--batch", type=int, default=500, help="items per call (1-1000)")
+    parser.add_argument("--timeout-s", type=float, default=60.0, help="deadline of each call")
+    add_connection_flags(parser)
+    return parser
+
+
+def read_items(path: Path):  # -> pd.DataFrame
+    """An items file with ``item_id`` read as strings."""
+    import pandas as pd  # here, not at the top: a Rank call must not pay for it
+
+    if path.suffix == ".parquet":
+        frame = pd.read_parquet(path)
+    else:
+        sep = "\t" if path.suffix == ".tsv" else ","
+        frame = pd.read_csv(path, sep=sep, dtype={"item_id": str}, keep_default_na=False,
+                            na_values=[""])  # fmt: skip
+    if "item_id" not in frame.columns:
+        raise ValueError(f"{path}: no item_id column (columns: {list(frame.columns)})")
+    return frame
+
+
+def upsert_messages(frame) -> list[ranking_pb2.ItemUpsert]:
+    """One ItemUpsert per row of a DataFrame: number columns -> numeric, the others -> text."""
+    import pandas as pd
+
+    numeric = [
+        c for c in frame.columns if c != "item_id" and pd.api.types.is_numeric_dtype(frame[c])
+    ]
+    text = [c for c in frame.columns if c != "item_id" and c not in numeric]
+    out = []
+    for row in frame.to_dict("records"):
+        out.append(
+            ranking_pb2.ItemUpsert(
+                item_id=str(row["item_id"]),
+                text={c: str(row[c]) for c in text if isinstance(row[c], str) and row[c]},
+                numeric={c: float(row[c]) for c in numeric if not pd.isna(row[c])},
+            )
+        )
+    return out
+
+
+def upsert_main(argv: Sequence[str]) -> int:
+    """``upsert``: send the files' items in batches; on a refused batch, stop and say which
+    rows were written (every earlier batch) and which were not."""
+    args = build_upsert_parser().parse_args(argv)
+    if not 1 <= args.batch <= 1000:
+        print(f"error: --batch is {args.batch}: use 1 to 1000", file=sys.stderr)
+        return 2
+    try:
+        items = [m for path in args.files for m in upsert_messages(read_items(path))]
+        channel = open_channel(args.target, args)
+    except (ClientSetupError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    created = updated = 0
+    with channel:
+        stub = ranking_pb2_grpc.RankingServiceStub(channel)
+        for start in range(0, len(items), args.batch):
+            batch = items[start : start + args.batch]
+            try:
+                reply = stub.UpsertItems(
+                    ranking_pb2.UpsertItemsRequest(items=batch), timeout=args.timeout_s
+                )
+            except grpc.RpcError as exc:
+                print(
+                    f"error: items {start}-{start + len(batch) - 1} not written "
+                    f"({exc.code().name}: {exc.details()}); items 0-{start - 1} were "
+                    f"({created} created, {updated} updated): fix and resend from item {start}",
+                    file=sys.stderr,
+                )
+                return 1
+            created, updated = created + reply.created, updated + reply.updated
+    print(f"upserted {created + updated} items ({created} created, {updated} updated)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["upsert"]:
+        return upsert_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     request = ranking_pb2.RankRequest(

@@ -48,6 +48,7 @@ from serving.eventschema import (
     create_tables,
     feedback,
     impressions,
+    item_upserts,
     make_engine,
 )
 from serving.metrics import multiprocess_mode
@@ -110,12 +111,7 @@ def parse_feedback(
     Raises ``InvalidArgument`` naming the event index and the field to fix.
     """
     events = request.events
-    if not events:
-        raise InvalidArgument("events is empty: send at least one FeedbackEvent")
-    if len(events) > max_events:
-        raise InvalidArgument(
-            f"events has {len(events)} entries, more than {max_events}: split the call"
-        )
+    check_batch("events", len(events), max_events, "FeedbackEvent")
     now = datetime.now(UTC)
     return [
         feedback_row(
@@ -123,6 +119,14 @@ def parse_feedback(
         )
         for i, e in enumerate(events)
     ]
+
+
+def check_batch(field: str, n: int, limit: int, kind: str) -> None:
+    """A repeated field of a call: 1 to ``limit`` entries, else InvalidArgument."""
+    if not n:
+        raise InvalidArgument(f"{field} is empty: send at least one {kind}")
+    if n > limit:
+        raise InvalidArgument(f"{field} has {n} entries, more than {limit}: split the call")
 
 
 def feedback_row(
@@ -380,19 +384,29 @@ class EventLog:
 
         Raises ``Unavailable`` when the database is down or busy (nothing is stored).
         """
-        if not events:
+        return self._insert_now(feedback, feedback_params(events, datetime.now(UTC)))
+
+    def record_upserts(self, rows: Sequence[tuple[str, str]]) -> int:
+        """Insert (item_id, fields JSON) rows of one UpsertItems call in one transaction.
+        Raises ``Unavailable`` when the database is down or busy (nothing is stored)."""
+        now = datetime.now(UTC)
+        params = [{"item_id": i, "fields": f, "upserted_at": now} for i, f in rows]
+        return self._insert_now(item_upserts, params)
+
+    def _insert_now(self, table: sa.Table, params: list[dict[str, object]]) -> int:
+        """One synchronous transaction (the caller's answer depends on it), not the queue."""
+        if not params:
             return 0
-        params = feedback_params(events, datetime.now(UTC))
         try:
             with self.engine.begin() as conn:
-                conn.execute(sa.insert(feedback), params)
+                conn.execute(sa.insert(table), params)
         except sa.exc.SQLAlchemyError as exc:
             WRITE_ERRORS.inc()
             if is_transient(exc):
-                log.warning("feedback not stored, event store down or busy: %s", exc)
+                log.warning("%s not stored, event store down or busy: %s", table.name, exc)
                 raise Unavailable("event store down or busy: nothing stored, retry later") from exc
             raise
-        ROWS_WRITTEN.labels(table="feedback").inc(len(params))
+        ROWS_WRITTEN.labels(table=table.name).inc(len(params))
         return len(params)
 
     # --- shutdown ----------------------------------------------------------------------

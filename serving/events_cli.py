@@ -38,7 +38,7 @@ from core import schema
 from core.cli import run_cli, setup_logging
 from serving.errors import ConfigError, InvalidArgument
 from serving.eventlog import FeedbackRow, feedback_params, feedback_row
-from serving.eventschema import create_tables, feedback, make_engine
+from serving.eventschema import create_tables, feedback, item_upserts, make_engine
 from serving.report import (
     DEFAULT_ATTRIBUTION,
     Window,
@@ -151,6 +151,31 @@ def training_tables(
     return {"interactions": interactions, "items": items, "impressions": shown}
 
 
+def upserted_items(engine: sa.Engine, until: datetime | None = None) -> pd.DataFrame:
+    """The latest UpsertItems fields of every item upserted before ``until`` (all of them
+    when None, whatever the window's start: the catalogue is a state, not events), one row
+    per item with its text and numeric columns."""
+    query = sa.select(item_upserts).order_by(item_upserts.c.id)
+    if until is not None:
+        query = query.where(item_upserts.c.upserted_at < until)
+    with engine.connect() as conn:
+        rows = conn.execute(query).mappings().all()
+    latest: dict[str, dict] = {}
+    for row in rows:  # in insert order: the last upsert of an item wins
+        fields = json.loads(row["fields"])
+        latest[row["item_id"]] = {**fields.get("numeric", {}), **fields.get("text", {})}
+    return pd.DataFrame([{schema.ITEM_ID: k, **v} for k, v in latest.items()])
+
+
+def with_upserts(items: pd.DataFrame, upserted: pd.DataFrame) -> pd.DataFrame:
+    """Item ids seen in the log, with the columns of the upserted ones; sorted by id."""
+    if upserted.empty:
+        return items
+    bare = items[~items[schema.ITEM_ID].isin(upserted[schema.ITEM_ID])]
+    merged = pd.concat([upserted, bare], ignore_index=True)
+    return merged.sort_values(schema.ITEM_ID, ignore_index=True)
+
+
 def write_export(tables: dict[str, pd.DataFrame], out: Path, negatives: bool) -> None:
     """Write the tables into a temp folder beside ``out``, then swap it in."""
     ours = out.is_dir() and (not any(out.iterdir()) or (out / EXPORT_MARKER).exists())
@@ -187,6 +212,7 @@ def export_training_data(
     window = window or Window()
     imps, fbs = load_events(engine, window, attribution)
     tables = training_tables(imps, fbs, window, attribution)
+    tables["items"] = with_upserts(tables["items"], upserted_items(engine, window.until))
     if tables["interactions"].empty:
         raise ConfigError("no feedback events in the window: nothing to train on")
     write_export(tables, Path(out), negatives)

@@ -1,10 +1,11 @@
 """The event store's schema (SQLAlchemy 2 Core), engine set-up and event validation.
 
-Two tables, created by ``create_tables`` (``EventLog`` calls it on start, and
+Three tables, created by ``create_tables`` (``EventLog`` calls it on start, and
 ``python -m serving.events_cli create --url URL`` runs it on its own):
 
 - ``impressions``: one row per item shown in a Rank response;
-- ``feedback``: one row per click / cart / purchase a client reported.
+- ``feedback``: one row per click / cart / purchase a client reported;
+- ``item_upserts``: one row per item an UpsertItems call wrote (its fields as JSON).
 
 Times are stored in UTC (``timestamp with time zone`` on PostgreSQL, UTC text on SQLite)
 and always read back timezone-aware. Indexes serve the report's window and join queries.
@@ -84,6 +85,19 @@ feedback = sa.Table(
     sa.Index("ix_feedback_occurred_at", "occurred_at"),
     sa.Index("ix_feedback_request_item", "request_id", "item_id"),
     sa.Index("ix_feedback_user_item_occurred_at", "user_id", "item_id", "occurred_at"),
+)
+
+# One row per item of every UpsertItems call: the fields as sent (JSON {"text": {...},
+# "numeric": {...}}), so `events_cli export` hands the next offline rebuild the same
+# catalogue rows the live path embedded (docs/EVENTS.md, "Upserted items").
+item_upserts = sa.Table(
+    "item_upserts",
+    metadata,
+    sa.Column("id", _ROW_ID, primary_key=True, autoincrement=True),
+    sa.Column("item_id", _ID, nullable=False),
+    sa.Column("fields", sa.Text, nullable=False),
+    sa.Column("upserted_at", UTCDateTime, nullable=False),
+    sa.Index("ix_item_upserts_upserted_at", "upserted_at"),
 )
 
 

@@ -87,6 +87,7 @@ class FeatureClient:
         self._inode: int | None = None
         self._table = ItemTable.empty(content_dim)
         self._recent: dict[str, tuple[float, tuple | None]] = {}  # id -> (expiry, row)
+        self._overlay: dict[str, tuple] = {}  # id -> row, upserted here since the table load
         self._lock = threading.Lock()  # one refresh at a time
         self._reopen_lock = threading.Lock()  # one reconnect at a time
 
@@ -223,7 +224,15 @@ class FeatureClient:
     def user_source_summary(self) -> dict:
         """``features_summary.json`` beside the user view's offline source (what
         ``training.features`` wrote: its ``history_len``...), {} when there is none."""
-        path = getattr(self._views[schema.USER_VIEW].batch_source, "path", None)
+        return self._summary(schema.USER_VIEW)
+
+    def item_source_summary(self) -> dict:
+        """``features_summary.json`` beside the item view's offline source (its encoder and
+        the items table's columns, for UpsertItems), {} when there is none."""
+        return self._summary(schema.ITEM_VIEW)
+
+    def _summary(self, view: str) -> dict:
+        path = getattr(self._views[view].batch_source, "path", None)
         if not path or "://" in path:
             return {}
         full = Path(path) if Path(path).is_absolute() else Path(self.store.repo_path) / path
@@ -309,6 +318,7 @@ class FeatureClient:
             )
         self._table = table  # readers see the old table or the new one, never a mix
         self._recent = {}  # the new table may hold what was missing
+        self._overlay = {}  # ... and what was upserted (a new id: read on its first miss)
         log.info("event=cache_loaded items=%d", len(table))
         return len(table)
 
@@ -334,8 +344,55 @@ class FeatureClient:
             table, rows = _zero_table(self.content_dim), np.zeros(len(ids), np.int64)
         got = ItemRows(ids, known, table.content[rows], table.count[rows],
                        table.is_tail[rows], table.vocab_idx[rows])  # fmt: skip
+        overlay = self._overlay
+        if overlay:  # items upserted by this process win over the table's older rows
+            for i, item in enumerate(ids):
+                row = overlay.get(item)
+                if row is not None:
+                    _put(got, i, row)
         sent = 0 if known.all() else self._fill_misses(got, np.flatnonzero(~known), vocab)
         return got, sent
+
+    def put_items(self, rows: Mapping[str, tuple[np.ndarray, float, bool]]) -> None:
+        """Serve ``rows`` ({id: (content, count, is_tail)}, just written to the store by
+        UpsertItems) from now on, before the table; until the next table load, which reads
+        them from the store. One reference assignment: readers see all or none."""
+        overlay = dict(self._overlay)
+        overlay.update(rows)
+        self._overlay = overlay
+        recent = self._recent
+        for item in rows:  # a remembered "not in the store" must not hide a new item
+            recent.pop(item, None)
+
+    def item_stats(self, ids: Sequence[str]) -> list[dict | None]:
+        """Popularity columns of ``ids`` as the store holds them (None: not held), which an
+        upsert of an existing item keeps."""
+        fields = [schema.INTERACTION_COUNT, schema.POPULARITY_RANK, schema.IS_TAIL,
+                  schema.FIRST_SEEN]  # fmt: skip
+        out: list[dict | None] = []
+        for row in self._read(schema.ITEM_VIEW, schema.ITEM_ID, ids, fields):
+            if row is None or row.get(schema.INTERACTION_COUNT) is None:
+                out.append(None)
+                continue
+            seen = row.get(schema.FIRST_SEEN)
+            has_seen = seen is not None and seen.WhichOneof("val") == "unix_timestamp_val"
+            out.append(
+                {
+                    schema.INTERACTION_COUNT: _int(row.get(schema.INTERACTION_COUNT)),
+                    schema.POPULARITY_RANK: _int(row.get(schema.POPULARITY_RANK)),
+                    schema.IS_TAIL: _int(row.get(schema.IS_TAIL)),
+                    schema.FIRST_SEEN: seen.unix_timestamp_val if has_seen else None,
+                }
+            )
+        return out
+
+    def write_items(self, rows: pd.DataFrame) -> None:
+        """Write whole item rows through ``FeatureStore.write_to_online_store``; store
+        faults raise ``Unavailable`` (nothing is written then)."""
+        try:
+            self.store.write_to_online_store(schema.ITEM_VIEW, rows)
+        except Exception as exc:  # sqlite3/psycopg/redis errors have no common base
+            raise self._unavailable(exc) from exc
 
     def _fill_misses(self, got: ItemRows, miss: np.ndarray, vocab: Mapping[str, int]) -> int:
         """Fill the rows the table lacks in place: from ids looked up in the last

@@ -58,6 +58,11 @@ TAIL_SHARE = Histogram(
 )
 COLD_USERS = Counter("tailrank_cold_users_total", "Rank requests for users unknown to Feast")
 UNSCORED = Counter("tailrank_unscored_items_total", "Candidates that could not be scored")
+ITEMS_UPSERTED = Counter(
+    "tailrank_items_upserted_total",
+    "Items written by UpsertItems: created (new to the store) or updated (text replaced)",
+    ["result"],
+)
 HISTORY_UPDATES = Counter(
     "tailrank_history_updates_total",
     "Feedback events applied to user histories in the online store, by result: applied, "

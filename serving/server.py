@@ -130,6 +130,8 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         self.event_log = event_log
         self.ranker = Ranker(features, model, config.item_cache)
         self.histories = live_histories(config, features) if event_log is not None else None
+        self._upserter = None  # serving.upsert.ItemUpserter, loaded by the first UpsertItems
+        self._upserter_lock = threading.Lock()
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._stop = threading.Event()
@@ -192,6 +194,32 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
     def Feedback(self, request, context):  # noqa: N802
         return _handle(
             "Feedback", context, ranking_pb2.FeedbackResponse, lambda: self._feedback(request)
+        )
+
+    def UpsertItems(self, request, context):  # noqa: N802
+        return _handle(
+            "UpsertItems", context, ranking_pb2.UpsertItemsResponse,
+            lambda: self._upsert_items(request),
+        )  # fmt: skip
+
+    def upserter(self):  # -> serving.upsert.ItemUpserter
+        """The item upserter, built on first use (it loads the sentence encoder, ~1 s)."""
+        with self._upserter_lock:
+            if self._upserter is None:
+                from serving.upsert import ItemUpserter
+
+                summary = self.features.item_source_summary()
+                self._upserter = ItemUpserter(self.features, summary, self.event_log)
+            return self._upserter
+
+    def _upsert_items(self, request) -> ranking_pb2.UpsertItemsResponse:
+        from serving.upsert import parse_upserts
+
+        upserter = self.upserter()
+        items = parse_upserts(request, upserter.catalogue)
+        created, updated = upserter.upsert(items)
+        return ranking_pb2.UpsertItemsResponse(
+            upserted=created + updated, created=created, updated=updated
         )
 
     def _feedback(self, request: ranking_pb2.FeedbackRequest) -> ranking_pb2.FeedbackResponse:

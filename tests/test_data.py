@@ -304,15 +304,16 @@ def test_cli_own_data_round_trip(tmp_path: Path) -> None:
 
 
 def test_several_data_folders_are_one_data_set(tmp_path: Path) -> None:
-    """--data twice: all interactions of both; an item listed in both keeps the first
-    folder's row (the shop's text, not the export's bare id); users united."""
+    """--data twice: all interactions of both; an item listed in both keeps the last row
+    that describes it (the export's upserted text; never the export's bare id); users
+    united."""
     shop, logged = tmp_path / "shop", tmp_path / "logged"
     shop.mkdir(), logged.mkdir()
     write_csv(shop / "interactions.csv", "user_id,item_id,timestamp\n01,a,1\n01,b,2\n")
     write_csv(shop / "items.csv", "item_id,title\na,Alpha\nb,Beta\n")
     write_csv(shop / "users.csv", "user_id,age\n01,30\n")
     write_csv(logged / "interactions.csv", "user_id,item_id,timestamp\n01,b,2\n02,c,5\n01,a,6\n")
-    write_csv(logged / "items.csv", "item_id\nb\nc\n")
+    write_csv(logged / "items.csv", "item_id,title\nb,\nc,\na,Alpha 2\n")
     out = tmp_path / "out"
     done = run_cli("--data", str(shop), "--data", str(logged), "--out", str(out))
     assert done.returncode == 0, done.stderr
@@ -320,6 +321,7 @@ def test_several_data_folders_are_one_data_set(tmp_path: Path) -> None:
     assert len(inter) == 4  # 5 rows, one exact duplicate (01, b, 2) dropped
     items = pd.read_parquet(out / schema.ITEMS_FILE).set_index(schema.ITEM_ID)
     assert items.loc["b", "title"] == "Beta" and pd.isna(items.loc["c", "title"])
+    assert items.loc["a", "title"] == "Alpha 2"  # replaced by the later folder's text
     users = pd.read_parquet(out / schema.USERS_FILE)
     assert sorted(users[schema.USER_ID]) == ["01", "02"]
 

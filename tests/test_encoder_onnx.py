@@ -11,9 +11,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from core import textenc as text_runtime
 from core.providers import ProviderError
 from tests.test_layers import top_level_packages_loaded
-from training import encoder, text_onnx, text_runtime
+from training import encoder, text_onnx
 
 TEXTS = [
     "Toy Story (1995)",
@@ -96,4 +97,4 @@ def test_bad_backend_precision_and_provider_are_refused() -> None:
 
 def test_runtime_module_imports_no_torch() -> None:
     heavy = {"torch", "sentence_transformers", "transformers", "onnx"}
-    assert top_level_packages_loaded("import training.text_runtime", heavy) == []
+    assert top_level_packages_loaded("import core.textenc", heavy) == []

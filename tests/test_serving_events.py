@@ -20,9 +20,8 @@ import sqlalchemy as sa
 
 from core import schema
 from serving import client
-from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
-from serving.server import create_server
-from tests.fixtures.serving import serving_config
+from serving.api.tailrank.v1 import ranking_pb2
+from tests.fixtures.serving import served, serving_config
 
 pytestmark = pytest.mark.integration
 TIMEOUT = 10.0
@@ -30,21 +29,10 @@ TIMEOUT = 10.0
 
 @pytest.fixture(scope="module")
 def logged_server(writable_feature_repo, tiny_model_dir, tmp_path_factory) -> Iterator[tuple]:
-    from serving.__main__ import build_servicer
-
     url = f"sqlite:///{tmp_path_factory.mktemp('events') / 'events.db'}"
     config = serving_config(writable_feature_repo, tiny_model_dir, event_log_url=url)
-    servicer = build_servicer(config)
-    servicer.start()
-    server, port = create_server(config, servicer)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield ranking_pb2_grpc.RankingServiceStub(channel), servicer, url, port
-    finally:
-        channel.close()
-        servicer.shutting_down()
-        server.stop(0).wait()
-        servicer.event_log.close()
+    with served(config) as (stub, servicer, port):
+        yield stub, servicer, url, port
 
 
 @pytest.fixture(scope="module")

@@ -185,13 +185,18 @@ def load_folder(directory: Path) -> RawTables:
 
 
 def combine(parts: list[RawTables]) -> RawTables:
-    """Several ``--data`` folders as one data set: every interaction of every folder; an
-    item or user listed in several keeps the row of the first folder that lists it (put
-    the shop's own data first, then ``events_cli export`` folders, whose items have no
-    text). Column names follow docs/DATA.md in every folder."""
+    """Several ``--data`` folders as one data set: every interaction of every folder. An
+    item listed in several keeps the row of the last folder that gives it any value
+    besides its id (a later ``events_cli export`` carries the texts UpsertItems wrote; its
+    id-only rows never replace a row with text); a user keeps the first folder's row.
+    Column names follow docs/DATA.md in every folder."""
     inter = pd.concat([p.interactions for p in parts], ignore_index=True)
     items = pd.concat([p.items for p in parts], ignore_index=True)
-    items = items.drop_duplicates(schema.ITEM_ID, keep="first", ignore_index=True)
+    described = items.drop(columns=[schema.ITEM_ID]).notna().any(axis=1)
+    items = items.assign(_described=described.to_numpy(), _order=np.arange(len(items)))
+    items = items.sort_values(["_described", "_order"], kind="stable")  # best row last
+    items = items.drop_duplicates(schema.ITEM_ID, keep="last").sort_values("_order")
+    items = items.drop(columns=["_described", "_order"]).reset_index(drop=True)
     user_parts = [p.users for p in parts if p.users is not None]
     users = None
     if user_parts:

@@ -7,7 +7,7 @@ sentence-transformers model directory can be named instead. Vectors are cached u
 new or changed texts; empty texts are never encoded and get a zero vector.
 
 Backends: ``onnx`` (default) runs the encoder exported once by ``training.text_onnx`` in
-ONNX Runtime (``training.text_runtime``: the model's fast tokenizer, length-bucketed
+ONNX Runtime (``core.textenc``: the model's fast tokenizer, length-bucketed
 batches, CUDA when present); ``torch`` runs ``SentenceTransformer.encode``. fp32 ONNX
 vectors match torch to cosine >= 0.9999, so both share one cache; int8 vectors differ
 more and get their own cache (identity suffix ``-int8``).
@@ -154,7 +154,8 @@ def _load_text_encoder(
         raise ValueError(f"precision must be one of {PRECISIONS} (fp32 for torch)")
     if backend == "torch":
         return TorchTextEncoder(path)
-    from training import text_onnx, text_runtime
+    from core import textenc as text_runtime
+    from training import text_onnx
 
     model_dir = Path(path)
     graph = text_onnx.ensure_graph(

@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core import schema
+from core import itemtext, schema
 from core.cli import LOG_FORMAT, run_cli
 from core.contract import DEFAULT_HISTORY_LEN
 from core.files import write_many_atomic
@@ -43,6 +43,7 @@ from training.encoder import (
     EncoderNotFoundError,
     embed_texts,
     encoder_description,
+    load_encoder,
 )
 from training.tables import sort_interactions
 
@@ -55,12 +56,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# Numeric columns that still describe an item in words ("year: 1995"); other numbers
-# (price, ratings) are features of their own, not text.
-TEXT_NUMERIC_COLUMNS = ("year", "release_year")
-# Text fields in this order when present; any other text columns follow, by name.
-TEXT_ORDER = ("title", "name", "brand", "category", "genres", "year", "description")
 
 
 class FeaturesError(ValueError):
@@ -77,22 +72,10 @@ def text_columns(items: pd.DataFrame) -> list[str]:
             pd.api.types.is_object_dtype(items[c])
             or pd.api.types.is_string_dtype(items[c])
             or isinstance(items[c].dtype, pd.CategoricalDtype)
-            or (c in TEXT_NUMERIC_COLUMNS and pd.api.types.is_numeric_dtype(items[c]))
+            or (c in itemtext.TEXT_NUMERIC_COLUMNS and pd.api.types.is_numeric_dtype(items[c]))
         )
     ]
-    rank = {name: i for i, name in enumerate(TEXT_ORDER)}
-    return sorted(found, key=lambda c: (rank.get(c, len(rank)), c))
-
-
-def _as_text(value: object) -> str:
-    """One field value as text: lists joined by commas, whole floats without '.0'."""
-    if isinstance(value, list | tuple | np.ndarray):
-        return ", ".join(t for t in (_as_text(v) for v in value) if t)
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
-        return ""
-    if isinstance(value, float | np.floating) and float(value).is_integer():
-        return str(int(value))
-    return str(value).strip()
+    return itemtext.order_columns(found)
 
 
 def item_text(items: pd.DataFrame) -> pd.Series:
@@ -108,7 +91,9 @@ def item_text(items: pd.DataFrame) -> pd.Series:
             "brand, description, genres) and a numeric 'year'. Add at least one such column "
             "to items; items whose text is empty or null then get has_text=0."
         )
-    parts = [items[c].map(_as_text).map(lambda v, c=c: f"{c}: {v}" if v else "") for c in columns]
+    parts = [
+        items[c].map(itemtext.as_text).map(lambda v, c=c: f"{c}: {v}" if v else "") for c in columns
+    ]
     rows = zip(*(p.tolist() for p in parts), strict=True)
     joined = ["; ".join(p for p in row if p) for row in rows]
     index = pd.Index(items[schema.ITEM_ID].astype(str), name=schema.ITEM_ID)
@@ -261,7 +246,8 @@ def build_item_features(
     text = item_text(items)
     vectors = embed_texts(text.tolist(), stats=stats, **embed_kwargs)
     stat = item_statistics(interactions, text.index)
-    title = items["title"].map(_as_text) if "title" in items.columns else pd.Series("", items.index)
+    no_title = pd.Series("", items.index)
+    title = items["title"].map(itemtext.as_text) if "title" in items.columns else no_title
     return pd.DataFrame(
         {
             schema.ITEM_ID: text.index.to_numpy(),
@@ -275,6 +261,32 @@ def build_item_features(
             schema.TITLE: title.to_numpy(),
         }
     )
+
+
+def encoder_graph(info: dict) -> dict[str, str]:
+    """``{"graph": path}`` of the ONNX graph the onnx backend ran (absolute), for the
+    server's UpsertItems to embed with the very same graph; {} for the torch backend."""
+    if info.get("backend") != "onnx":
+        return {}
+    from training import text_onnx
+
+    model_dir = Path(info["path"])
+    path = text_onnx.ensure_graph(  # exported here when every text came from the cache
+        lambda: load_encoder(str(model_dir)), model_dir, info["identity"], info["precision"]
+    )
+    return {"graph": str(path.resolve())}
+
+
+def item_columns(items: pd.DataFrame) -> dict[str, list[str]]:
+    """The items table's columns as UpsertItems takes them: ``text`` (embedded, in order)
+    and ``numeric`` (the other number columns)."""
+    text = text_columns(items)
+    numeric = [
+        c
+        for c in items.columns
+        if c != schema.ITEM_ID and c not in text and pd.api.types.is_numeric_dtype(items[c])
+    ]
+    return {"text": text, "numeric": numeric}
 
 
 def build_user_features(
@@ -365,7 +377,8 @@ def build_features(
         "data": str(data_dir),
         "event_timestamp": as_of.isoformat(),
         "history_len": history_len,
-        "encoder": encoder_info,
+        "encoder": {**encoder_info, **encoder_graph(encoder_info)},
+        "item_columns": item_columns(items),
         "content_dim": int(len(item_df[schema.CONTENT_VEC].iloc[0])) if len(item_df) else 0,
         "items": len(item_df),
         "items_without_text": int((item_df[schema.HAS_TEXT] == 0).sum()),

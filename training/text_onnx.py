@@ -12,7 +12,7 @@ only written after ONNX Runtime matches ``SentenceTransformer.encode`` (cosine >
 dynamic quantization of it (int8 weights, as ``training.quantize`` does for the
 ranking model; not imported from there: it would close an import cycle).
 
-Imported by ``training.encoder``; the run-time half lives in ``training.text_runtime``.
+Imported by ``training.encoder``; the run-time half lives in ``core.textenc``.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import onnx
 import torch
 from torch import nn
 
+from core import textenc as text_runtime
 from core.files import write_atomic
-from training import text_runtime
 
 log = logging.getLogger(__name__)
 

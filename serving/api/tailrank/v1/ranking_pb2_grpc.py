@@ -47,6 +47,11 @@ class RankingServiceStub:
                 request_serializer=serving_dot_api_dot_tailrank_dot_v1_dot_ranking__pb2.FeedbackRequest.SerializeToString,
                 response_deserializer=serving_dot_api_dot_tailrank_dot_v1_dot_ranking__pb2.FeedbackResponse.FromString,
                 _registered_method=True)
+        self.UpsertItems = channel.unary_unary(
+                '/tailrank.v1.RankingService/UpsertItems',
+                request_serializer=serving_dot_api_dot_tailrank_dot_v1_dot_ranking__pb2.UpsertItemsRequest.SerializeToString,
+                response_deserializer=serving_dot_api_dot_tailrank_dot_v1_dot_ranking__pb2.UpsertItemsResponse.FromString,
+                _registered_method=True)
 
 
 class RankingServiceServicer:
@@ -69,6 +74,16 @@ class RankingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpsertItems(self, request, context):
+        """Adds catalogue items, or replaces an item's text, without retraining: each item's
+        text is embedded by the features step's sentence encoder and written to the online
+        store, and Rank scores it from the response on (as a cold item, by its content, until
+        the next offline rebuild counts its interactions).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RankingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -81,6 +96,11 @@ def add_RankingServiceServicer_to_server(servicer, server):
                     servicer.Feedback,
                     request_deserializer=serving_dot_api_dot_tailrank_dot_v1_dot_ranking__pb2.FeedbackRequest.FromString,
                     response_serializer=serving_dot_api_dot_tailrank_dot_v1_dot_ranking__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'UpsertItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertItems,
+                    request_deserializer=serving_dot_api_dot_tailrank_dot_v1_dot_ranking__pb2.UpsertItemsRequest.FromString,
+                    response_serializer=serving_dot_api_dot_tailrank_dot_v1_dot_ranking__pb2.UpsertItemsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -140,6 +160,33 @@ class RankingService:
             '/tailrank.v1.RankingService/Feedback',
             serving_dot_api_dot_tailrank_dot_v1_dot_ranking__pb2.FeedbackRequest.SerializeToString,
             serving_dot_api_dot_tailrank_dot_v1_dot_ranking__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tailrank.v1.RankingService/UpsertItems',
+            serving_dot_api_dot_tailrank_dot_v1_dot_ranking__pb2.UpsertItemsRequest.SerializeToString,
+            serving_dot_api_dot_tailrank_dot_v1_dot_ranking__pb2.UpsertItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,10 +7,10 @@ graph written by ``training.text_onnx`` (transformer + mean pooling + L2 normali
 inputs ``input_ids`` / ``attention_mask``, output ``sentence_embedding``) in ONNX Runtime
 with explicit providers: CUDA when present, never a silent CUDA -> CPU fall back.
 
-It imports neither torch nor sentence-transformers nor any other training module, so the
-live path (``UpsertItems``) can run it; it should move to a torch-free shared place
-(``core/`` cannot hold onnxruntime, so a small ``textenc/`` package or ``serving/``) when
-serving needs it. Used by ``training.encoder.embed_texts``; not a CLI.
+It imports neither torch nor sentence-transformers nor any training module: it lives in
+core so that both ``training.features`` (through ``training.encoder.embed_texts``) and the
+server's live path (``UpsertItems``, ``serving.upsert``) run the same graph the same way.
+Not a CLI.
 """
 
 from __future__ import annotations
