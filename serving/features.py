@@ -319,15 +319,20 @@ class FeatureClient:
             return self.use_table(self.build_table(vocab, batch_size))
 
     def items(
-        self, ids: Sequence[str], vocab: Mapping[str, int] | None = None, use_cache: bool = True
+        self,
+        ids: Sequence[str],
+        vocab: Mapping[str, int] | None = None,
+        use_cache: bool = True,
+        table: ItemTable | None = None,
     ) -> tuple[ItemRows, int]:
         """Features for ``ids``: the table, then recent lookups, then Feast; returns (rows,
         the number of distinct ids read from Feast). ``vocab`` (the model's id -> index)
-        gives the index of an id the table does not hold (default: 0)."""
+        gives the index of an id the table does not hold (default: 0); ``table`` (default:
+        the current one) is the one built for that model (serving.modelswap)."""
         vocab = vocab or {}
         if not use_cache:
             return self.fetch_items(ids, vocab), len(set(ids))
-        table = self._table
+        table = self._table if table is None else table
         rows = table.rows(ids)
         known = rows >= 0
         if len(table) == 0:  # nothing to gather from (fancy indexing needs a row)
