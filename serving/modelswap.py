@@ -137,7 +137,13 @@ class ModelSlot:
         deadline = time.monotonic() + 3 * SETTLE_S
         while True:
             result = self._check_once(force)
-            if result != PENDING or time.monotonic() > deadline:
+            if result != PENDING:
+                return result
+            if time.monotonic() > deadline:
+                log.warning(
+                    "event=model_swap_deferred model=%s reason=%r", self.config.model,
+                    "the export is still being written: the next check (SIGHUP, watch) retries",
+                )  # fmt: skip
                 return result
             time.sleep(0.5)
 
