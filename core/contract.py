@@ -23,6 +23,7 @@ field (``MANIFEST_FIELDS``) instead of guessing a default.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,9 @@ MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 VOCAB_FILE = "vocab.json"
+# a probe feed and the outputs the export measured on it (serving re-runs it before a swap)
+PROBE_FILE = "probe.npz"
+PROBE_TOLERANCE = 1e-3  # max abs difference of logit / prob a reader accepts on the probe
 FORMAT_VERSION = 1
 DEFAULT_HISTORY_LEN = 50  # last N history items the model reads (training's default too)
 
@@ -211,6 +215,67 @@ class Manifest:
         except (OSError, ValueError) as exc:
             raise ContractError(f"{path} is unreadable ({exc}): re-run the export") from exc
         return cls.from_dict(raw, str(path))
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks (the manifest's ``files`` entries)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_files(run_dir: Path, manifest: Manifest) -> None:
+    """ContractError unless the manifest lists the files it needs (its ONNX graph, the
+    vocabulary, the probe) and each file on disk has the size and sha256 it records.
+
+    The exporter writes the manifest last, so a match proves the export is complete: a
+    reader never mixes a new graph with an old vocabulary, or loads a half-copied file.
+    """
+    files = manifest.raw.get("files")
+    needed = (manifest.onnx_file, manifest.vocab_file, PROBE_FILE)
+    if not isinstance(files, dict) or any(not isinstance(files.get(n), dict) for n in needed):
+        raise ContractError(
+            f"the manifest in {run_dir} does not list sha256 digests of {list(needed)}: it "
+            "predates them; re-run `python -m training.export` on the run"
+        )
+    problems = []
+    for name in needed:
+        path, want = Path(run_dir) / name, files[name]
+        try:
+            size = path.stat().st_size
+        except OSError:
+            problems.append(f"{name} is missing")
+            continue
+        if size != want.get("bytes") or file_digest(path) != want.get("sha256"):
+            problems.append(f"{name} ({size} bytes) differs from its manifest entry")
+    if problems:
+        raise ContractError(
+            f"export {run_dir} is incomplete or damaged: "
+            + "; ".join(problems)
+            + ": wait for the export to finish, or export again"
+        )
+
+
+def save_probe(path: Path, feed: Mapping[str, np.ndarray], logit, prob) -> None:
+    """Write a probe: a feed and the ``logit`` / ``prob`` the exported graph gave for it."""
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+        np.savez(f, **feed, expected_logit=np.asarray(logit), expected_prob=np.asarray(prob))
+
+
+def read_probe(run_dir: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """(feed, expected logit, expected prob) of a run's ``PROBE_FILE``; ContractError if
+    it is missing or not a probe."""
+    path = Path(run_dir) / PROBE_FILE
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            feed = {name: data[name] for name in INPUT_NAMES}
+            return feed, data["expected_logit"], data["expected_prob"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ContractError(
+            f"probe {path} is missing or unreadable ({exc}): re-run `python -m training.export`"
+        ) from exc
 
 
 def vocab_index(ids: Sequence[str]) -> dict[str, int]:

@@ -5,7 +5,8 @@
 
 Start-up: load manifest + ONNX once, check the provider, fill the item cache from the
 online store, warm up, then health SERVING. SIGHUP reloads the TLS certificates, the
-token hashes and the item cache (docs/SECURITY.md, docs/SERVING.md); SIGTERM/SIGINT
+token hashes and the item cache, and swaps in a new export of --model once it passes
+its checks (docs/SECURITY.md, docs/SERVING.md "Model hot swap"); SIGTERM/SIGINT
 turn health NOT_SERVING, stop taking calls, let in-flight ones finish within --grace-s,
 then flush the event log. With ``--processes`` above 1 (the default is one per core) this
 process becomes the supervisor of serving.supervisor and each worker it starts runs
@@ -51,7 +52,8 @@ def configure_logging(level: str = "INFO") -> None:
 
 def build_servicer(config: ServerConfig) -> RankingServicer:
     """Model, feature client and event log from the config; not yet started."""
-    model = Model(config.model, provider=config.provider, threads=config.ort_threads)
+    # a symlink --model is resolved once here, so every file comes from one run directory
+    model = Model(config.model.resolve(), provider=config.provider, threads=config.ort_threads)
     features = FeatureClient(config.repo, model.content_dim, fs_yaml=config.fs_yaml)
     event_log = None
     if config.event_log_url:
@@ -83,6 +85,7 @@ def serve(config: ServerConfig) -> None:
 
     def reload() -> None:
         security.reload()
+        servicer.check_model(force=True)  # a new export in --model: checked, swapped in
         servicer.refresh_cache()
 
     signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload).start())

@@ -30,6 +30,8 @@ class ServerConfig:
     repo: Path = Path("feature_repo")  # Feast repo (feature_store.yaml) to read features from
     fs_yaml: Path | None = None  # feature_store.yaml to use instead of <repo>/feature_store.yaml
     model: Path = Path("artifacts/movielens-100k")  # run dir with manifest.json + model.onnx
+    # or a symlink to one, followed at each check (docs/SERVING.md, "Model hot swap")
+    model_watch_s: float = 0.0  # check --model for a new export every N s; 0 = only on SIGHUP
     host: str = "127.0.0.1"  # address to bind; "[::]" (all) needs TLS or --insecure
     port: int = 50051  # gRPC port; 0 picks a free one
     metrics_port: int = 9100  # Prometheus HTTP port; -1 turns the endpoint off
@@ -69,8 +71,10 @@ class ServerConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR: {self.log_level}")
-        if self.ort_threads < 0 or self.cache_refresh_s < 0 or self.grace_s < 0:
-            raise ConfigError("ort_threads, cache_refresh_s and grace_s must be >= 0")
+        if min(self.ort_threads, self.cache_refresh_s, self.grace_s, self.model_watch_s) < 0:
+            raise ConfigError(
+                "ort_threads, cache_refresh_s, grace_s and model_watch_s must be >= 0"
+            )
         if self.history_len < 0:
             raise ConfigError(
                 f"history_len is {self.history_len}: use 0 (the features step's) or a count"

@@ -305,9 +305,13 @@ class FeatureClient:
         )  # fmt: skip
         return table
 
-    def use_table(self, table: ItemTable, vocab: Sequence[str] | None = None) -> int:
+    def use_table(
+        self, table: ItemTable, vocab: Sequence[str] | None = None, fresh: bool = True
+    ) -> int:
         """Serve from ``table`` from now on (one reference assignment); returns its size.
-        With ``vocab``, refuse a table whose vocabulary index was built for another model."""
+        With ``vocab``, refuse a table whose vocabulary index was built for another model.
+        ``fresh`` False: the same rows indexed for another model (a hot swap), which may
+        predate this process's upserts: keep serving those over it."""
         if table.dim != self.content_dim:
             raise ConfigError(
                 f"item table has content dim {table.dim}, the model {self.content_dim}"
@@ -317,8 +321,9 @@ class FeatureClient:
                 "item table was built for another model vocabulary: build it again for this model"
             )
         self._table = table  # readers see the old table or the new one, never a mix
-        self._recent = {}  # the new table may hold what was missing
-        self._overlay = {}  # ... and what was upserted (a new id: read on its first miss)
+        if fresh:  # read from the store after every upsert so far
+            self._recent = {}  # the new table may hold what was missing
+            self._overlay = {}  # ... and what was upserted (a new id: read on its first miss)
         log.info("event=cache_loaded items=%d", len(table))
         return len(table)
 
@@ -329,15 +334,20 @@ class FeatureClient:
             return self.use_table(self.build_table(vocab, batch_size))
 
     def items(
-        self, ids: Sequence[str], vocab: Mapping[str, int] | None = None, use_cache: bool = True
+        self,
+        ids: Sequence[str],
+        vocab: Mapping[str, int] | None = None,
+        use_cache: bool = True,
+        table: ItemTable | None = None,
     ) -> tuple[ItemRows, int]:
         """Features for ``ids``: the table, then recent lookups, then Feast; returns (rows,
         the number of distinct ids read from Feast). ``vocab`` (the model's id -> index)
-        gives the index of an id the table does not hold (default: 0)."""
+        gives the index of an id the table does not hold (default: 0); ``table`` (default:
+        the current one) is the one built for that model (serving.modelswap)."""
         vocab = vocab or {}
         if not use_cache:
             return self.fetch_items(ids, vocab), len(set(ids))
-        table = self._table
+        table = self._table if table is None else table
         rows = table.rows(ids)
         known = rows >= 0
         if len(table) == 0:  # nothing to gather from (fancy indexing needs a row)

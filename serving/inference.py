@@ -44,6 +44,7 @@ class Model:
 
     def __init__(self, run_dir: Path, provider: str = "auto", threads: int = 1) -> None:
         run_dir = Path(run_dir)
+        self.run_dir = run_dir
         try:
             self.manifest = Manifest.read(run_dir)
             users, items = contract.read_vocab(run_dir, self.manifest)

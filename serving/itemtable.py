@@ -97,6 +97,18 @@ class ItemTable:
         n = len(ids)
         return np.fromiter(map(self.row.get, ids, repeat(-1, n)), np.int64, n)
 
+    def for_vocab(self, vocab: Sequence[str]) -> ItemTable:
+        """This table with ``vocab_idx`` for the model vocabulary ``vocab`` (position + 1 =
+        index): itself when it was built for it, else a new table sharing every feature
+        array (memory-mapped ones too) with only ``vocab_idx`` computed again, one dict
+        lookup per row. Used when a model with another vocabulary is swapped in."""
+        digest = vocab_digest(vocab)
+        if digest == self.vocab:
+            return self
+        index = {item: row for row, item in enumerate(vocab, start=1)}
+        vocab_idx = np.fromiter(map(index.get, self.ids, repeat(0)), np.int64, len(self))
+        return ItemTable(self.ids, self.content, self.count, self.is_tail, vocab_idx, digest)
+
     # --- file ---------------------------------------------------------------------------
     def save(self, path: Path) -> Path:
         """Write the table to one file, atomically (readers see the old file or the new)."""

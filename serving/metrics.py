@@ -13,6 +13,7 @@ the model is a gauge of value 1 with labels, and every gauge says how processes 
 from __future__ import annotations
 
 import logging
+import warnings
 
 import grpc
 from prometheus_client import (
@@ -74,6 +75,11 @@ MODEL = Gauge(
     "tailrank_model_info", "The model being served", ["version", "provider"],
     multiprocess_mode="livemax",
 )  # fmt: skip
+MODEL_SWAPS = Counter(
+    "tailrank_model_swaps_total",
+    "New exports checked for a hot swap: ok (swapped in) or refused (the old model serves on)",
+    ["result"],
+)
 MODEL_LOADED = Gauge(
     "tailrank_model_loaded_timestamp_seconds", "When the model was loaded",
     multiprocess_mode="livemax",
@@ -109,8 +115,16 @@ def observe_rpc(method: str, code: grpc.StatusCode, seconds: float) -> None:
     LATENCY.labels(method).observe(seconds)
 
 
-def set_model(version: str, provider: str) -> None:
-    """Publish which model (and ONNX Runtime provider) is serving."""
+def set_model(version: str, provider: str, previous: tuple[str, str] | None = None) -> None:
+    """Publish which model (and ONNX Runtime provider) is serving; ``previous`` (version,
+    provider), the one it replaced, drops to 0 (its series is removed where it can be:
+    in multiprocess mode a removed series would keep its last value in this process's file)."""
+    if previous is not None and previous != (version, provider):
+        MODEL.labels(*previous).set(0)
+        if not multiprocess_mode():
+            with warnings.catch_warnings():  # it warns whenever the variable is set (feast)
+                warnings.simplefilter("ignore", UserWarning)
+                MODEL.remove(*previous)
     MODEL.labels(version, provider).set(1)
     MODEL_LOADED.set_to_current_time()
 

@@ -17,6 +17,7 @@ from core import contract, rerank
 from serving import metrics
 from serving.features import FeatureClient, ItemRows
 from serving.inference import Model
+from serving.itemtable import ItemTable
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,17 @@ class Gathered:
 class Ranker:
     """Ranks candidates for a user with a FeatureClient and a Model."""
 
-    def __init__(self, features: FeatureClient, model: Model, item_cache: bool = True) -> None:
+    def __init__(
+        self,
+        features: FeatureClient,
+        model: Model,
+        item_cache: bool = True,
+        table: ItemTable | None = None,
+    ) -> None:
         self.features = features
         self.model = model
         self.item_cache = item_cache
+        self.table = table  # the item table built for this model; None: the client's current
 
     def rank(self, args: RankArgs) -> Ranking:
         got = self.gather(args)
@@ -91,7 +99,9 @@ class Ranker:
         history = self.features.user_history(args.user_id)
         hist = (history or [])[-self.model.history_len :]
         lookup = [*args.candidates, *hist]
-        rows, fetched = self.features.items(lookup, self.model.item_index, self.item_cache)
+        rows, fetched = self.features.items(
+            lookup, self.model.item_index, self.item_cache, self.table
+        )
         # counted per distinct id, as one lookup each (a history item may be a candidate)
         metrics.CACHE_HITS.inc(len(set(lookup)) - fetched)
         metrics.CACHE_MISSES.inc(fetched)

@@ -48,6 +48,7 @@ from serving.features import FeatureClient
 from serving.histories import LiveHistories
 from serving.inference import Model
 from serving.itemtable import SHARED_TABLE_ENV, ItemTable
+from serving.modelswap import ModelSlot, check_at_start
 from serving.ranker import RankArgs, Ranker, Ranking
 from serving.security import Security
 
@@ -126,9 +127,8 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
     ) -> None:
         self.config = config
         self.features = features
-        self.model = model
+        self.models = ModelSlot(config, features, model)  # the model bundle (hot swap)
         self.event_log = event_log
-        self.ranker = Ranker(features, model, config.item_cache)
         self.histories = live_histories(config, features) if event_log is not None else None
         self._upserter = None  # serving.upsert.ItemUpserter, loaded by the first UpsertItems
         self._upserter_lock = threading.Lock()
@@ -136,22 +136,41 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._stop = threading.Event()
 
+    @property
+    def model(self) -> Model:
+        """The model serving now (a request reads ``self.models.current`` once instead)."""
+        return self.models.current.model
+
+    @property
+    def ranker(self) -> Ranker:
+        return self.models.current.ranker
+
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
-        """Fill the item cache, warm the model up, then report SERVING."""
+        """Fill the item cache, check and warm the model up, then report SERVING."""
         if self.config.item_cache:  # a failure here stops start-up (no silent empty cache)
-            metrics.CACHE_ITEMS.set(self._load_items())
-        self.model.warm_up()
+            metrics.CACHE_ITEMS.set(self.models.refresh_table(self._table_for))
+        check_at_start(self.model, self.features.content_dim)
         metrics.set_model(self.model.version, self.model.provider)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         if self.config.item_cache and self.config.cache_refresh_s > 0 and not self.shared_table:
             threading.Thread(target=self._refresh_loop, name="cache-refresh", daemon=True).start()
+        if self.config.model_watch_s > 0:
+            args = (self._stop, self.config.model_watch_s)
+            threading.Thread(
+                target=self.models.watch, args=args, name="model-watch", daemon=True
+            ).start()
         log.info("event=serving model_version=%s", self.model.version)
+
+    def check_model(self, force: bool = False) -> str:
+        """Swap in a new export of ``--model`` when there is one and it passes every check
+        (serving.modelswap); the old model keeps serving otherwise."""
+        return self.models.check(force)
 
     def refresh_cache(self) -> bool:
         """Reload the item cache from the online store; keep the old one on failure."""
         try:
-            n = self._load_items()
+            n = self.models.refresh_table(self._table_for)
         except Exception as exc:
             metrics.CACHE_REFRESHES.labels("error").inc()
             log.error("event=cache_refresh_failed error=%r (keeping the previous cache)", exc)
@@ -165,12 +184,16 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         """The item table file a supervisor built for all its workers (None: build one's own)."""
         return os.environ.get(SHARED_TABLE_ENV) or None
 
-    def _load_items(self) -> int:
-        """Map the supervisor's shared table, or build this process's own from the store."""
+    def _table_for(self, model: Model) -> ItemTable:
+        """Map the supervisor's shared table (indexed again when it was built for another
+        vocabulary: a worker that swapped models), or build this process's own from the
+        store; it becomes the feature client's table."""
         if self.shared_table:
-            table = ItemTable.open(Path(self.shared_table))
-            return self.features.use_table(table, self.model.item_ids)
-        return self.features.load_cache(self.model.item_ids, self.config.cache_batch_size)
+            table = ItemTable.open(Path(self.shared_table)).for_vocab(model.item_ids)
+            self.features.use_table(table, model.item_ids)
+        else:
+            self.features.load_cache(model.item_ids, self.config.cache_batch_size)
+        return self.features.table
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.config.cache_refresh_s):
@@ -243,9 +266,10 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         REQUEST_ID.set(args.request_id)
         _check_deadline("Rank", context)
         metrics.CANDIDATES.observe(len(args.candidates))
-        ranking = self.ranker.rank(args)
+        bundle = self.models.current  # read once: this request uses this model throughout
+        ranking = bundle.ranker.rank(args)
         response = ranking_pb2.RankResponse(
-            model_version=self.model.version, cold_user=ranking.cold_user,
+            model_version=bundle.model.version, cold_user=ranking.cold_user,
             request_id=args.request_id, tail_weight=args.tail_weight,
         )  # fmt: skip
         for item_id in ranking.unscored:

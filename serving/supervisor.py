@@ -24,8 +24,9 @@ gRPC, ONNX Runtime or Feast state is ever copied by a fork.
   config), so an orchestrator sees a crash loop instead of a server limping along.
 - SIGTERM / SIGINT: forwarded to every worker, each drains (NOT_SERVING, in-flight calls
   get ``--grace-s``, its event log flushes); exit 0 once all exited 0. SIGHUP: the shared
-  item table is rebuilt, then SIGHUP goes to every worker, which maps the new table and
-  reads its TLS certificates and token hashes again (each worker has the same flags).
+  item table is rebuilt, then SIGHUP goes to every worker, which maps the new table,
+  reads its TLS certificates and token hashes again (each worker has the same flags) and
+  swaps in a new export of ``--model`` on its own (serving.modelswap).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ def run_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
     """A private copy of the tiny run without its exported files."""
     dest = tmp_path / "run"
     shutil.copytree(tiny_model_dir, dest)
-    for name in (contract.ONNX_FILE, contract.MANIFEST_FILE):
+    for name in (contract.ONNX_FILE, contract.MANIFEST_FILE, contract.PROBE_FILE):
         (dest / name).unlink()
     return dest
 
@@ -99,6 +99,32 @@ def test_parity_failure_writes_nothing(run_copy: Path, monkeypatch: pytest.Monke
         export_run(run_copy)
     assert not (run_copy / contract.ONNX_FILE).exists()
     assert not (run_copy / contract.MANIFEST_FILE).exists()
+    assert not (run_copy / contract.PROBE_FILE).exists()
+
+
+def test_manifest_vouches_for_every_file_and_the_probe_replays(tiny_model_dir: Path) -> None:
+    """The digests match the files (what a hot swap checks) and the saved probe's outputs
+    are what ONNX Runtime gives for its feed; a changed byte breaks the match."""
+    manifest = contract.Manifest.read(tiny_model_dir)
+    assert set(manifest.raw["files"]) == {"model.onnx", "vocab.json", "probe.npz"}
+    contract.check_files(tiny_model_dir, manifest)
+    feed, logit, prob = contract.read_probe(tiny_model_dir)
+    session = ort.InferenceSession(
+        str(tiny_model_dir / contract.ONNX_FILE), providers=["CPUExecutionProvider"]
+    )
+    got_logit, got_prob = session.run(["logit", "prob"], feed)
+    assert len(prob) == 16 and np.abs(got_prob - prob).max() <= 1e-6
+    assert np.abs(got_logit - logit).max() <= 1e-5
+
+
+def test_a_changed_file_breaks_the_manifest_digests(run_copy: Path) -> None:
+    export_run(run_copy)
+    manifest = contract.Manifest.read(run_copy)
+    contract.check_files(run_copy, manifest)
+    vocab = run_copy / contract.VOCAB_FILE
+    vocab.write_text(vocab.read_text().replace('"items"', '"items" '))  # same JSON, new bytes
+    with pytest.raises(contract.ContractError, match="vocab.json .* differs from its manifest"):
+        contract.check_files(run_copy, manifest)
 
 
 def test_int8_quantization_reports_its_accuracy_change(run_copy: Path) -> None:

