@@ -84,13 +84,13 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(
-    tiny_feature_repo: Path, tiny_model_dir: Path, tiny_features_dir: Path, tmp_path_factory
+    writable_feature_repo: Path, tiny_model_dir: Path, tiny_features_dir: Path, tmp_path_factory
 ) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("processes")
     port, metrics_port = free_port(), free_port()
     events_db = tmp / "events.db"
     argv = [sys.executable, "-m", "serving", "--processes", "2", "--repo",
-            str(tiny_feature_repo), "--model", str(tiny_model_dir), "--host", "127.0.0.1",
+            str(writable_feature_repo), "--model", str(tiny_model_dir), "--host", "127.0.0.1",
             "--port", str(port), "--metrics-port", str(metrics_port), "--workers", "4",
             "--event-log-url", f"sqlite:///{events_db}", "--grace-s", "10"]  # fmt: skip
     log_path = tmp / "server.log"
@@ -141,6 +141,30 @@ def test_workers_map_the_one_table_the_supervisor_built(cluster: Cluster) -> Non
     workers = cluster.worker_pids()
     assert workers <= {int(pid) for pid, _ in loaded}
     assert {int(n) for pid, n in loaded if int(pid) in workers} == {int(saved.group(1))}
+
+
+def test_an_upsert_through_one_worker_is_ranked_by_every_worker(cluster: Cluster) -> None:
+    """UpsertItems lands on one worker; a Rank on a fresh connection, whichever worker the
+    kernel picks, scores the new item: the online store is the source of truth (a new id is
+    read from it on its first miss in each process)."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    with grpc.insecure_channel(f"127.0.0.1:{cluster.port}", options=options) as channel:
+        stub = ranking_pb2_grpc.RankingServiceStub(channel)
+        upsert = ranking_pb2.ItemUpsert(item_id="proc-new", text={"title": "A folding bike"})
+        reply = stub.UpsertItems(ranking_pb2.UpsertItemsRequest(items=[upsert]), timeout=60)
+    assert reply.created == 1
+    cands = [*cluster.cands[:4], "proc-new"]
+    for i in range(12):  # fresh connections: both workers answer some of them
+        with grpc.insecure_channel(f"127.0.0.1:{cluster.port}", options=options) as channel:
+            ranked = ranking_pb2_grpc.RankingServiceStub(channel).Rank(
+                ranking_pb2.RankRequest(user_id=f"up-{i}", candidate_ids=cands, top_k=5),
+                timeout=TIMEOUT,
+            )
+        with cluster.lock:
+            cluster.items_served += len(ranked.items)  # impressions the last test counts
+        assert not ranked.unscored and "proc-new" in {r.item_id for r in ranked.items}
+    pattern = r"pid=(\d+) logger=serving.server \S+ event=rank user=up-\d+ "
+    assert len(set(re.findall(pattern, cluster.log_path.read_text()))) == 2  # both workers
 
 
 def test_a_killed_worker_is_restarted_and_the_metrics_show_it(cluster: Cluster) -> None:
