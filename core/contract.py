@@ -54,11 +54,16 @@ INPUTS = (
     TensorSpec("item_count", "float32", ("N",)),
 )
 OUTPUTS = (TensorSpec("logit", "float32", ("N",)), TensorSpec("prob", "float32", ("N",)))
+# Optional: graphs exported since 2026-12-02 have it, older ones still serve (no explanations).
+# Each candidate's target-attention weights over the history (row sums 1, 0 when empty).
+EXPLAIN_OUTPUTS = (TensorSpec("attention", "float32", ("N", "L")),)
+ATTENTION = EXPLAIN_OUTPUTS[0].name
 INPUT_NAMES = tuple(spec.name for spec in INPUTS)
 OUTPUT_NAMES = tuple(spec.name for spec in OUTPUTS)
+EXPORT_OUTPUT_NAMES = OUTPUT_NAMES + tuple(spec.name for spec in EXPLAIN_OUTPUTS)
 DYNAMIC_AXES = {  # name -> {axis: symbol} for the exporter (C is fixed per model)
     spec.name: {axis: dim for axis, dim in enumerate(spec.shape) if dim in ("N", "L")}
-    for spec in INPUTS + OUTPUTS
+    for spec in INPUTS + OUTPUTS + EXPLAIN_OUTPUTS
     if "N" in spec.shape or "L" in spec.shape
 }
 
@@ -122,7 +127,7 @@ def manifest_io(content_dim: int) -> dict[str, list[dict]]:
             {"name": s.name, "dtype": s.dtype, "shape": resolved_shape(s, content_dim)}
             for s in specs
         ]
-        for key, specs in (("inputs", INPUTS), ("outputs", OUTPUTS))
+        for key, specs in (("inputs", INPUTS), ("outputs", OUTPUTS + EXPLAIN_OUTPUTS))
     }
 
 
@@ -135,9 +140,11 @@ def check_graph(
     every difference. Dtypes are numpy names (see ``ORT_TYPES``); a dynamic axis may
     carry any symbol (or None), a fixed one must match."""
     problems = []
-    for kind, specs, found in (("input", INPUTS, inputs), ("output", OUTPUTS, outputs)):
+    optional = {s.name for s in EXPLAIN_OUTPUTS}
+    outputs_checked = OUTPUTS + tuple(s for s in EXPLAIN_OUTPUTS if s.name in outputs)
+    for kind, specs, found in (("input", INPUTS, inputs), ("output", outputs_checked, outputs)):
         names = {s.name for s in specs}
-        problems += [f"unexpected {kind} {n!r}" for n in sorted(set(found) - names)]
+        problems += [f"unexpected {kind} {n!r}" for n in sorted(set(found) - names - optional)]
         for spec in specs:
             if spec.name not in found:
                 problems.append(f"{kind} {spec.name!r} is missing")

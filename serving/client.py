@@ -133,6 +133,9 @@ def format_response(response: ranking_pb2.RankResponse, titles: dict[str, str]) 
         if item.explanation:
             parts = ", ".join(f"{k}={v:.4g}" for k, v in sorted(item.explanation.items()))
             lines.append(f"       {parts}")
+        if item.because:
+            named = (f"{titles.get(b.item_id) or b.item_id} ({b.weight:.2f})" for b in item.because)
+            lines.append(f"       because of: {'; '.join(named)}")
     for miss in response.unscored:
         lines.append(f"unscored: {miss.item_id} ({miss.reason})")
     return "\n".join(lines)
@@ -245,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
     ids = [i.item_id for i in response.items]
+    ids += [b.item_id for i in response.items for b in i.because]  # their titles too
     titles = {}
     if args.titles is not None:
         titles = titles_from_file(args.titles, ids)

@@ -66,6 +66,8 @@ class Model:
             )
         except ContractError as exc:
             raise ConfigError(f"{onnx_path}: {exc}") from exc
+        outputs = {o.name for o in self.session.get_outputs()}
+        self.explains = contract.ATTENTION in outputs  # exported since 2026-12-02
         log.info(
             "event=model_loaded version=%s provider=%s items=%d users=%d",
             self.version, self.provider, len(self.item_index), len(self.user_index),
@@ -76,6 +78,18 @@ class Model:
         (logit [N], prob [N]) as float32."""
         logit, prob = self.session.run(list(contract.OUTPUT_NAMES), feed)
         return logit.astype(np.float32, copy=False), prob.astype(np.float32, copy=False)
+
+    def score_explained(
+        self, feed: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``score`` plus each candidate's attention weights over the history [N, L] (None
+        for a graph exported without them): the same run, one more output copied out."""
+        if not self.explains:
+            return (*self.score(feed), None)
+        names = [*contract.OUTPUT_NAMES, contract.ATTENTION]
+        logit, prob, weights = self.session.run(names, feed)
+        f32 = np.float32
+        return logit.astype(f32, copy=False), prob.astype(f32, copy=False), weights
 
     def warm_up(self, n: int = 8) -> None:
         """Run once for a user with no history so the first real request pays no set-up

@@ -9,6 +9,7 @@ servicer -> ranker -> (features, model, core.rerank) -> servicer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,8 @@ class Ranking:
     boost: np.ndarray  # float32, the re-ranker's tail term
     is_tail: np.ndarray  # bool
     p_tail: float  # the user's appetite for the tail (core.rerank.tail_appetite)
+    # with explain: per ranked item, the history items its attention weighed most
+    because: list[list[tuple[str, float]]] | None = None
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,14 @@ class Ranker:
             return Ranking(
                 got.cold, unscored, [], empty, empty, empty, empty, empty.astype(bool), 0.5
             )
-        logit, prob = self.model.score(self.feed(args.user_id, got))
+        feed = self.feed(args.user_id, got)
+        weights = None
+        if args.explain:
+            logit, prob, weights = self.model.score_explained(feed)
+            if weights is not None and weights.shape[-1] != len(rows.ids) - n:
+                weights = None  # not the graph's contract: no explanation rather than a wrong one
+        else:
+            logit, prob = self.model.score(feed)
         p_tail = rerank.tail_appetite(rows.is_tail[n:][rows.known[n:]])
         tail = rows.is_tail[got.scored]
         ranked = rerank.rerank(prob, tail, ids, args.tail_weight, p_tail)
@@ -92,6 +102,9 @@ class Ranker:
             cold_user=got.cold, unscored=unscored, ids=[ids[j] for j in order],
             score=ranked.score[order], prob=prob[order], logit=logit[order],
             boost=ranked.boost[order], is_tail=tail[order], p_tail=float(p_tail),
+            because=None if weights is None else [
+                influences(weights[j], rows.ids[n:]) for j in order
+            ],
         )  # fmt: skip
 
     def gather(self, args: RankArgs) -> Gathered:
@@ -124,3 +137,13 @@ class Ranker:
             item_content=rows.content[pick],
             item_count=rows.count[pick],
         )
+
+
+def influences(weights: np.ndarray, history: Sequence[str], k: int = 3) -> list[tuple[str, float]]:
+    """The ``k`` history items with the most attention weight for one candidate (an item
+    held twice adds up), heaviest first; items of weight 0 (padding, unknown) left out."""
+    total: dict[str, float] = {}
+    for item, weight in zip(history, weights.tolist(), strict=True):
+        if weight > 0:
+            total[item] = total.get(item, 0.0) + weight
+    return sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))[:k]

@@ -337,6 +337,9 @@ def _fill_items(response: ranking_pb2.RankResponse, ranking: Ranking, args: Rank
                  "tail_boost": float(ranking.boost[j]), "p_tail_user": ranking.p_tail,
                  "tail_weight": args.tail_weight, "is_tail": float(tail)}
             )  # fmt: skip
+            if ranking.because is not None:
+                for hist_id, weight in ranking.because[j]:
+                    item.because.add(item_id=hist_id, weight=weight)
     n_tail = int(ranking.is_tail.sum())
     metrics.TAIL_SHARE.observe(n_tail / len(ranking.ids))
     metrics.ITEMS_SERVED.inc(len(ranking.ids))

@@ -69,12 +69,19 @@ def test_manifest_io_fills_in_the_content_width() -> None:
     assert io["outputs"] == [
         {"name": "logit", "dtype": "float32", "shape": ["N"]},
         {"name": "prob", "dtype": "float32", "shape": ["N"]},
+        {"name": "attention", "dtype": "float32", "shape": ["N", "L"]},
     ]
     assert [e["name"] for e in io["inputs"]] == list(contract.INPUT_NAMES)
 
 
 def test_a_graph_that_follows_the_contract_passes() -> None:
     contract.check_graph(graph(), OUTPUTS, C)
+    # the explanation output is optional (older exports), and checked when present
+    contract.check_graph(graph(), {**OUTPUTS, "attention": ("float32", ["N", "L"])}, C)
+    bad_attention = {**OUTPUTS, "attention": ("float32", ["N"])}
+    assert "output 'attention' has shape ['N'], want ['N', 'L']" in refusal(
+        contract.check_graph, graph(), bad_attention, C
+    )
     # dynamic axes may carry any symbol, or none
     renamed = graph(item_content=("float32", ["batch", C]), hist_idx=("int64", [1, None]))
     contract.check_graph(renamed, OUTPUTS, C)

@@ -29,11 +29,18 @@ def test_exported_graph_follows_the_contract(tiny_model_dir: Path) -> None:
     manifest = Manifest.read(tiny_model_dir)
     graph = onnx.load(str(tiny_model_dir / manifest.onnx_file)).graph
     assert [v.name for v in graph.input] == list(contract.INPUT_NAMES)
-    assert [v.name for v in graph.output] == list(contract.OUTPUT_NAMES)
+    assert [v.name for v in graph.output] == list(contract.EXPORT_OUTPUT_NAMES)
     session = ort.InferenceSession(str(tiny_model_dir / manifest.onnx_file))
     feed = contract.random_feed(np.random.default_rng(0), 3, 5, manifest.content_dim, 4, 0)
     logit, prob = session.run(list(contract.OUTPUT_NAMES), feed)
     assert logit.shape == prob.shape == (4,) and np.isfinite(prob).all()
+    # attention over a 6-item history, the last 2 slots padding: rows sum to 1 over the
+    # real items, 0 on the padding
+    feed = contract.random_feed(np.random.default_rng(1), 3, 5, manifest.content_dim, 4, 6)
+    feed["hist_mask"][0, 4:] = 0.0
+    (weights,) = session.run([contract.ATTENTION], feed)
+    assert weights.shape == (4, 6) and np.allclose(weights.sum(1), 1.0, atol=1e-5)
+    assert np.all(weights[:, 4:] == 0) and np.all(weights >= 0)
 
 
 def test_server_refuses_a_manifest_without_history_len(model_copy: Path) -> None:

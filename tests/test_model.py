@@ -48,8 +48,10 @@ def test_contract_and_training_shapes(model: torch.nn.Module) -> None:
         torch.rand(b, m),
     ]
     assert model(*batch).shape == (b, m)
-    logit, prob = ExportWrapper(model)(*contract_inputs(6, 2))
+    logit, prob, attention = ExportWrapper(model)(*contract_inputs(6, 2))
     assert torch.allclose(prob, torch.sigmoid(logit))
+    assert attention.shape == (6, 2) and torch.allclose(attention.sum(1), torch.ones(6))
+    assert model.attention.last_weights is None  # nothing kept once the export ran
 
 
 def test_serving_contract_and_training_rows_path_agree(model: torch.nn.Module) -> None:

@@ -120,6 +120,26 @@ def test_unknown_user_is_ranked_cold(ranking_server, offline) -> None:
     assert reply.items[0].explanation["p_tail_user"] == pytest.approx(0.5)
 
 
+def test_explain_names_the_history_items_behind_each_score(ranking_server, offline) -> None:
+    """``because``: the model's own attention weights (the ONNX graph's `attention`
+    output): at most 3 items of the user's history, heaviest first, each weight in (0, 1],
+    and the same weights the graph gives when run directly on the user's features."""
+    man = offline["manifest"]
+    user = str(offline["users"].index[0])
+    hist = list(offline["users"].loc[user, schema.HISTORY])[-int(man["history_len"]) :]
+    cands = [str(i) for i in offline["items"].index[:6]]
+    reply = rank(ranking_server, user_id=user, candidate_ids=cands, explain=True, top_k=3)
+    assert len(reply.items) == 3
+    for item in reply.items:
+        weights = [b.weight for b in item.because]
+        assert 1 <= len(item.because) <= 3 and {b.item_id for b in item.because} <= set(hist)
+        assert weights == sorted(weights, reverse=True) and all(0 < w <= 1 for w in weights)
+    plain = rank(ranking_server, user_id=user, candidate_ids=cands, top_k=3)
+    assert all(not i.because for i in plain.items)  # only when asked
+    cold = rank(ranking_server, user_id="no-such-user", candidate_ids=cands, explain=True)
+    assert all(not i.because for i in cold.items)  # no history, no influence
+
+
 def test_unknown_candidate_is_unscored_and_others_ranked(ranking_server, offline) -> None:
     user = str(offline["users"].index[0])
     cands = [str(i) for i in offline["items"].index[:3]] + ["no-such-item"]

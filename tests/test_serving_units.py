@@ -232,3 +232,24 @@ def test_workers_get_the_store_variables_but_not_the_server_settings(monkeypatch
     assert "TAILRANK_PORT" in config_env_names()
     assert "TAILRANK_PORT" not in supervisor.env and "TAILRANK_NO_EVENT_LOG" not in supervisor.env
     assert supervisor.env["TAILRANK_REDIS_HOST"] == "redis.internal"
+
+
+def test_influences_add_up_repeats_and_keep_the_heaviest_three() -> None:
+    from serving.ranker import influences
+
+    weights = np.array([0.1, 0.0, 0.3, 0.25, 0.35], np.float32)
+    got = influences(weights, ["a", "pad", "b", "a", "c"])
+    assert [i for i, _ in got] == ["a", "c", "b"]  # a: 0.1 + 0.25
+    assert got[0][1] == pytest.approx(0.35) and len(influences(weights, list("vwxyz"), k=2)) == 2
+    assert influences(np.zeros(2, np.float32), ["p", "q"]) == []
+
+
+def test_client_prints_the_history_items_behind_a_score() -> None:
+    from serving.client import format_response
+
+    reply = ranking_pb2.RankResponse(model_version="m")
+    item = reply.items.add(item_id="i9", score=0.5, click_probability=0.5)
+    item.because.add(item_id="i1", weight=0.6)
+    item.because.add(item_id="i2", weight=0.3)
+    text = format_response(reply, {"i1": "Boots", "i9": "Socks"})
+    assert "because of: Boots (0.60); i2 (0.30)" in text

@@ -102,7 +102,7 @@ def export_onnx(model: FusionCTR, path: Path) -> None:
         dynamo=False,
         opset_version=OPSET,
         input_names=list(contract.INPUT_NAMES),
-        output_names=list(contract.OUTPUT_NAMES),
+        output_names=list(contract.EXPORT_OUTPUT_NAMES),
         dynamic_axes=contract.DYNAMIC_AXES,
     )
     graph = onnx.load(str(path))
@@ -131,10 +131,10 @@ def check_parity(model: FusionCTR, onnx_path: Path, content: np.ndarray | None) 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     worst = 0.0
     for label, feeds in parity_cases(model, content):
-        got = session.run(list(contract.OUTPUT_NAMES), feeds)
+        got = session.run(list(contract.EXPORT_OUTPUT_NAMES), feeds)
         with torch.no_grad():
             want = ExportWrapper(model)(*(torch.from_numpy(feeds[n]) for n in contract.INPUT_NAMES))
-        for name, a, b in zip(contract.OUTPUT_NAMES, got, want, strict=True):
+        for name, a, b in zip(contract.EXPORT_OUTPUT_NAMES, got, want, strict=True):
             diff = float(np.max(np.abs(a - b.numpy()))) if a.size else 0.0
             if not np.isfinite(a).all() or diff > TOLERANCE:
                 raise ExportError(

@@ -64,6 +64,8 @@ class DinAttention(nn.Module):
         self.p_cand = nn.Linear(dim, rank, bias=False)
         self.w_prod = nn.Parameter(torch.randn(hidden, rank) * rank**-0.5)
         self.out = nn.Linear(hidden, 1)
+        self.keep_weights = False  # ExportWrapper: keep the last weights [B', M, L]
+        self.last_weights: Tensor | None = None
 
     def _recency(self, hist: Tensor) -> Tensor:
         """[1, L, d] recency vectors; positions past the table share its last row."""
@@ -86,6 +88,8 @@ class DinAttention(nn.Module):
         mask3 = mask.unsqueeze(1)  # [B, 1, L]
         scores = scores * mask3 + (1.0 - mask3) * MASK_VALUE
         weights = torch.softmax(scores, dim=-1) * mask3  # empty history -> all zeros
+        if self.keep_weights:
+            self.last_weights = weights
         return torch.matmul(weights, hist)  # [B', M, d]
 
 
@@ -324,16 +328,24 @@ class FusionCTR(nn.Module):
 
 
 class ExportWrapper(nn.Module):
-    """The graph that goes to ONNX: contract inputs -> (`logit` [N], `prob` [N])."""
+    """The graph that goes to ONNX: contract inputs -> (`logit` [N], `prob` [N],
+    `attention` [N, L]: each candidate's target-attention weights over the history, what
+    Rank's ``explain`` shows as the history items behind a score)."""
 
     def __init__(self, model: FusionCTR) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
-        """Inputs in ``core.contract.INPUT_NAMES`` order -> (logit [N], prob [N])."""
-        logit = self.model(**dict(zip(contract.INPUT_NAMES, inputs, strict=True)))
-        return logit, torch.sigmoid(logit)
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Inputs in ``core.contract.INPUT_NAMES`` order -> (logit, prob, attention)."""
+        attention = self.model.attention
+        attention.keep_weights = True
+        try:
+            logit = self.model(**dict(zip(contract.INPUT_NAMES, inputs, strict=True)))
+            weights = attention.last_weights
+        finally:
+            attention.keep_weights, attention.last_weights = False, None
+        return logit, torch.sigmoid(logit), weights[0]  # [1, N, L] -> [N, L], L may be 0
 
 
 def build_model(

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%serving/api/tailrank/v1/ranking.proto\x12\x0btailrank.v1\"\x93\x01\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x15\n\rcandidate_ids\x18\x02 \x03(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x18\n\x0btail_weight\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\tB\x0e\n\x0c_tail_weight\"\xcb\x01\n\nRankedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x19\n\x11\x63lick_probability\x18\x03 \x01(\x02\x12\x0f\n\x07is_tail\x18\x04 \x01(\x08\x12=\n\x0b\x65xplanation\x18\x05 \x03(\x0b\x32(.tailrank.v1.RankedItem.ExplanationEntry\x1a\x32\n\x10\x45xplanationEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"/\n\x0cUnscoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xb6\x01\n\x0cRankResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.tailrank.v1.RankedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12+\n\x08unscored\x18\x03 \x03(\x0b\x32\x19.tailrank.v1.UnscoredItem\x12\x11\n\tcold_user\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x13\n\x0btail_weight\x18\x06 \x01(\x02\"o\n\rFeedbackEvent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"=\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.tailrank.v1.FeedbackEvent\"$\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\"\xe2\x01\n\nItemUpsert\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12/\n\x04text\x18\x02 \x03(\x0b\x32!.tailrank.v1.ItemUpsert.TextEntry\x12\x35\n\x07numeric\x18\x03 \x03(\x0b\x32$.tailrank.v1.ItemUpsert.NumericEntry\x1a+\n\tTextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cNumericEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"<\n\x12UpsertItemsRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.tailrank.v1.ItemUpsert\"I\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x05\x12\x0f\n\x07updated\x18\x03 \x01(\x05\x32\xe8\x01\n\x0eRankingService\x12;\n\x04Rank\x12\x18.tailrank.v1.RankRequest\x1a\x19.tailrank.v1.RankResponse\x12G\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1c.tailrank.v1.FeedbackRequest\x1a\x1d.tailrank.v1.FeedbackResponse\x12P\n\x0bUpsertItems\x12\x1f.tailrank.v1.UpsertItemsRequest\x1a .tailrank.v1.UpsertItemsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%serving/api/tailrank/v1/ranking.proto\x12\x0btailrank.v1\"\x93\x01\n\x0bRankRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x15\n\rcandidate_ids\x18\x02 \x03(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x18\n\x0btail_weight\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\tB\x0e\n\x0c_tail_weight\"\xf4\x01\n\nRankedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x19\n\x11\x63lick_probability\x18\x03 \x01(\x02\x12\x0f\n\x07is_tail\x18\x04 \x01(\x08\x12=\n\x0b\x65xplanation\x18\x05 \x03(\x0b\x32(.tailrank.v1.RankedItem.ExplanationEntry\x12\'\n\x07\x62\x65\x63\x61use\x18\x06 \x03(\x0b\x32\x16.tailrank.v1.Influence\x1a\x32\n\x10\x45xplanationEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\",\n\tInfluence\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x02\"/\n\x0cUnscoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xb6\x01\n\x0cRankResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.tailrank.v1.RankedItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12+\n\x08unscored\x18\x03 \x03(\x0b\x32\x19.tailrank.v1.UnscoredItem\x12\x11\n\tcold_user\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x13\n\x0btail_weight\x18\x06 \x01(\x02\"o\n\rFeedbackEvent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"=\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.tailrank.v1.FeedbackEvent\"$\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\"\xe2\x01\n\nItemUpsert\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12/\n\x04text\x18\x02 \x03(\x0b\x32!.tailrank.v1.ItemUpsert.TextEntry\x12\x35\n\x07numeric\x18\x03 \x03(\x0b\x32$.tailrank.v1.ItemUpsert.NumericEntry\x1a+\n\tTextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cNumericEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"<\n\x12UpsertItemsRequest\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.tailrank.v1.ItemUpsert\"I\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x05\x12\x0f\n\x07updated\x18\x03 \x01(\x05\x32\xe8\x01\n\x0eRankingService\x12;\n\x04Rank\x12\x18.tailrank.v1.RankRequest\x1a\x19.tailrank.v1.RankResponse\x12G\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1c.tailrank.v1.FeedbackRequest\x1a\x1d.tailrank.v1.FeedbackResponse\x12P\n\x0bUpsertItems\x12\x1f.tailrank.v1.UpsertItemsRequest\x1a .tailrank.v1.UpsertItemsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,29 +40,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RANKREQUEST']._serialized_start=55
   _globals['_RANKREQUEST']._serialized_end=202
   _globals['_RANKEDITEM']._serialized_start=205
-  _globals['_RANKEDITEM']._serialized_end=408
-  _globals['_RANKEDITEM_EXPLANATIONENTRY']._serialized_start=358
-  _globals['_RANKEDITEM_EXPLANATIONENTRY']._serialized_end=408
-  _globals['_UNSCOREDITEM']._serialized_start=410
-  _globals['_UNSCOREDITEM']._serialized_end=457
-  _globals['_RANKRESPONSE']._serialized_start=460
-  _globals['_RANKRESPONSE']._serialized_end=642
-  _globals['_FEEDBACKEVENT']._serialized_start=644
-  _globals['_FEEDBACKEVENT']._serialized_end=755
-  _globals['_FEEDBACKREQUEST']._serialized_start=757
-  _globals['_FEEDBACKREQUEST']._serialized_end=818
-  _globals['_FEEDBACKRESPONSE']._serialized_start=820
-  _globals['_FEEDBACKRESPONSE']._serialized_end=856
-  _globals['_ITEMUPSERT']._serialized_start=859
-  _globals['_ITEMUPSERT']._serialized_end=1085
-  _globals['_ITEMUPSERT_TEXTENTRY']._serialized_start=994
-  _globals['_ITEMUPSERT_TEXTENTRY']._serialized_end=1037
-  _globals['_ITEMUPSERT_NUMERICENTRY']._serialized_start=1039
-  _globals['_ITEMUPSERT_NUMERICENTRY']._serialized_end=1085
-  _globals['_UPSERTITEMSREQUEST']._serialized_start=1087
-  _globals['_UPSERTITEMSREQUEST']._serialized_end=1147
-  _globals['_UPSERTITEMSRESPONSE']._serialized_start=1149
-  _globals['_UPSERTITEMSRESPONSE']._serialized_end=1222
-  _globals['_RANKINGSERVICE']._serialized_start=1225
-  _globals['_RANKINGSERVICE']._serialized_end=1457
+  _globals['_RANKEDITEM']._serialized_end=449
+  _globals['_RANKEDITEM_EXPLANATIONENTRY']._serialized_start=399
+  _globals['_RANKEDITEM_EXPLANATIONENTRY']._serialized_end=449
+  _globals['_INFLUENCE']._serialized_start=451
+  _globals['_INFLUENCE']._serialized_end=495
+  _globals['_UNSCOREDITEM']._serialized_start=497
+  _globals['_UNSCOREDITEM']._serialized_end=544
+  _globals['_RANKRESPONSE']._serialized_start=547
+  _globals['_RANKRESPONSE']._serialized_end=729
+  _globals['_FEEDBACKEVENT']._serialized_start=731
+  _globals['_FEEDBACKEVENT']._serialized_end=842
+  _globals['_FEEDBACKREQUEST']._serialized_start=844
+  _globals['_FEEDBACKREQUEST']._serialized_end=905
+  _globals['_FEEDBACKRESPONSE']._serialized_start=907
+  _globals['_FEEDBACKRESPONSE']._serialized_end=943
+  _globals['_ITEMUPSERT']._serialized_start=946
+  _globals['_ITEMUPSERT']._serialized_end=1172
+  _globals['_ITEMUPSERT_TEXTENTRY']._serialized_start=1081
+  _globals['_ITEMUPSERT_TEXTENTRY']._serialized_end=1124
+  _globals['_ITEMUPSERT_NUMERICENTRY']._serialized_start=1126
+  _globals['_ITEMUPSERT_NUMERICENTRY']._serialized_end=1172
+  _globals['_UPSERTITEMSREQUEST']._serialized_start=1174
+  _globals['_UPSERTITEMSREQUEST']._serialized_end=1234
+  _globals['_UPSERTITEMSRESPONSE']._serialized_start=1236
+  _globals['_UPSERTITEMSRESPONSE']._serialized_end=1309
+  _globals['_RANKINGSERVICE']._serialized_start=1312
+  _globals['_RANKINGSERVICE']._serialized_end=1544
 # @@protoc_insertion_point(module_scope)

@@ -23,7 +23,7 @@ class RankRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., candidate_ids: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., tail_weight: _Optional[float] = ..., explain: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RankedItem(_message.Message):
-    __slots__ = ("item_id", "score", "click_probability", "is_tail", "explanation")
+    __slots__ = ("item_id", "score", "click_probability", "is_tail", "explanation", "because")
     class ExplanationEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -36,12 +36,22 @@ class RankedItem(_message.Message):
     CLICK_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     IS_TAIL_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    BECAUSE_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
     click_probability: float
     is_tail: bool
     explanation: _containers.ScalarMap[str, float]
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., click_probability: _Optional[float] = ..., is_tail: _Optional[bool] = ..., explanation: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    because: _containers.RepeatedCompositeFieldContainer[Influence]
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., click_probability: _Optional[float] = ..., is_tail: _Optional[bool] = ..., explanation: _Optional[_Mapping[str, float]] = ..., because: _Optional[_Iterable[_Union[Influence, _Mapping]]] = ...) -> None: ...
+
+class Influence(_message.Message):
+    __slots__ = ("item_id", "weight")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    weight: float
+    def __init__(self, item_id: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class UnscoredItem(_message.Message):
     __slots__ = ("item_id", "reason")
