@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import grpc
 import pytest
 
 from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
+from tests.fixtures.serving import scrape_metrics
 from tests.test_eventlog_serving import candidates
 from tests.test_serving_shutdown import ROOT, free_port
 
@@ -62,11 +62,7 @@ class Cluster:
 
     def scrape(self) -> dict[str, float]:
         """The supervisor's /metrics as {series: value}."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
-            text = response.read().decode()
-        lines = (line.rsplit(" ", 1) for line in text.splitlines() if line[:1] not in "#")
-        return {name: float(value) for name, value in lines}
+        return scrape_metrics(self.metrics_port, TIMEOUT)
 
     def worker_pids(self) -> set[int]:
         """Pids of the workers that are up (tailrank_process_up, one series per pid)."""
