@@ -1,15 +1,16 @@
 """Health follows the online store: a probe loop that turns NOT_SERVING while it stays down.
 
 Every ``interval_s`` a daemon thread reads one probe id from the online store
-(``FeatureClient.check_store``) in a helper thread. ``DOWN_AFTER`` failed probes in a row
-(an error, or no answer within ``interval_s``: a store that hangs) call
-``on_change(False)``: the servicer turns ``tailrank.v1.RankingService`` NOT_SERVING, so
-readiness probes and load balancers stop sending to this process (``""``, liveness, stays
-SERVING), and marks the store down, so calls fail at once; the first
-probe that answers calls ``on_change(True)``. A blip shorter than ``DOWN_AFTER`` ticks
-changes nothing (Rank still answers UNAVAILABLE for the calls it hits). While the store is
-marked down the probe is also what reconnects it (serving.features ``_reconnect``), so a
-process recovers with no traffic and no restart. docs/RELIABILITY.md.
+(``FeatureClient.check_store``) in a helper daemon thread (a probe stuck in a hung store
+must not keep the process from exiting). ``DOWN_AFTER`` failed probes in a row (an error,
+or no answer within ``interval_s``: a store that hangs) call ``on_change(False, why)``:
+the servicer turns ``tailrank.v1.RankingService`` NOT_SERVING, so readiness probes and
+load balancers stop sending to this process (``""``, liveness, stays SERVING), and marks
+the store down, so calls fail at once. The first probe that answers calls
+``on_change(True, "")``. A blip shorter than ``DOWN_AFTER`` ticks changes nothing (Rank
+still answers UNAVAILABLE for the calls it hits). While the store is marked down the probe
+is also what reconnects it (serving.features ``_reconnect``), so a process recovers with
+no traffic and no restart. docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent import futures
 
 from prometheus_client import Counter, Gauge
 
@@ -53,8 +53,7 @@ class StoreWatch:
         self.probe, self.on_change = probe, on_change
         self.interval_s, self.down_after = interval_s, down_after
         self._stop = stop
-        self._pool = futures.ThreadPoolExecutor(1, thread_name_prefix="store-probe")
-        self._pending: futures.Future | None = None
+        self._pending: _Probe | None = None
         self.failures = 0  # failed probes in a row
         self.up = True
         self._since = time.monotonic()
@@ -71,7 +70,6 @@ class StoreWatch:
             start = time.monotonic()
             self.tick()  # waits up to interval_s for the probe
             wait = max(0.0, self.interval_s - (time.monotonic() - start))
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def tick(self) -> bool:
         """Run one probe (waiting at most ``interval_s``); update the state; True if it answered."""
@@ -93,17 +91,32 @@ class StoreWatch:
 
     def _probe_once(self) -> tuple[bool, str]:
         """(answered, why not). A probe still running from an earlier tick is a failure."""
-        if self._pending is None or self._pending.done():
-            self._pending = self._pool.submit(self.probe)
-        try:
-            self._pending.result(timeout=self.interval_s)
-        except futures.TimeoutError:
+        if self._pending is None or self._pending.done.is_set():
+            self._pending = _Probe(self.probe)
+        if not self._pending.done.wait(self.interval_s):
             return False, f"no answer within {self.interval_s:.1f}s"
-        except Exception as exc:  # noqa: BLE001 - any failure of the probe is "down"
-            return False, repr(exc)[:300]
+        if self._pending.error is not None:
+            return False, repr(self._pending.error)[:300]
         return True, ""
 
     def _set(self, up: bool, reason: str) -> None:
         self.up, self._since = up, time.monotonic()
         STORE_UP.set(int(up))
         self.on_change(up, reason)
+
+
+class _Probe:
+    """One probe call in its own daemon thread; ``done`` is set when it returned or raised."""
+
+    def __init__(self, probe: Callable[[], object]) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        threading.Thread(target=self._run, args=(probe,), name="store-probe", daemon=True).start()
+
+    def _run(self, probe: Callable[[], object]) -> None:
+        try:
+            probe()
+        except Exception as exc:  # noqa: BLE001 - any failure of the probe is "down"
+            self.error = exc
+        finally:
+            self.done.set()

@@ -10,7 +10,8 @@ tiny Feast repo and model; PostgreSQL and Redis are private throwaway servers
   no restart;
 - PostgreSQL (the event log) restarted under load: every acknowledged impression stored;
 - kill -9 under load: at most the event-log queue is lost, nothing is invented;
-- the event log's disk full: Rank keeps serving, every lost row is counted, writes resume.
+- the event log's disk full (and, on the EventLog, its files read-only): Rank keeps
+  serving, every lost row is counted, writes resume.
 
 Drills that exist elsewhere: SIGTERM with a call in flight (tests/test_serving_shutdown.py),
 SIGTERM under load with two workers (tests/test_serving_processes.py).
@@ -252,7 +253,7 @@ def test_online_store_down_is_unavailable_not_serving_then_recovers(
             with pytest.raises(grpc.RpcError) as err:
                 server.rank(request)
             assert err.value.code() is grpc.StatusCode.UNAVAILABLE
-            assert time.monotonic() - start < 1.0
+            assert time.monotonic() - start < 2.0  # refused without touching the store
             assert server.health() == NOT_SERVING
             assert server.health("") == SERVING  # alive: no restart wanted, none would help
             time.sleep(0.2)

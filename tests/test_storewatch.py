@@ -8,7 +8,10 @@ probe against real stores is drilled in tests/test_fault_drills.py.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -69,7 +72,7 @@ def test_a_probe_that_hangs_counts_as_failed_and_is_not_started_twice() -> None:
     pending = w._pending
     assert not w.tick() and w._pending is pending  # still the one hung probe
     store.release.set()
-    pending.result(timeout=5)
+    assert pending.done.wait(5)
     assert w.tick() and changes == [False, True]
 
 
@@ -80,3 +83,17 @@ def test_bad_settings_are_refused() -> None:
         ServerConfig(store_probe_s=-1)
     with pytest.raises(ConfigError, match="event_queue_size"):
         ServerConfig(event_queue_size=0)
+
+
+def test_a_hung_probe_does_not_keep_the_process_from_exiting() -> None:
+    """A probe stuck in a store that never answers must not block interpreter exit (after
+    SIGTERM the server returns from main; a non-daemon probe thread would hang it)."""
+    code = (
+        "import threading\n"
+        "from serving.storewatch import StoreWatch\n"
+        "w = StoreWatch(threading.Event().wait, lambda up, why: None, 0.05, threading.Event())\n"
+        "assert not w.tick()\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, timeout=30)
+    assert done.returncode == 0
