@@ -59,7 +59,7 @@ def build_servicer(config: ServerConfig) -> RankingServicer:
     if config.event_log_url:
         from serving.eventlog import EventLog
 
-        event_log = EventLog(config.event_log_url)
+        event_log = EventLog(config.event_log_url, queue_size=config.event_queue_size)
     return RankingServicer(config, features, model, event_log)
 
 

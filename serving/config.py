@@ -46,9 +46,15 @@ class ServerConfig:
     cache_refresh_s: float = 0.0  # reload the item cache every N seconds; 0 = only on SIGHUP
     cache_batch_size: int = 500  # items per Feast call when filling the cache
     grace_s: float = 10.0  # on SIGTERM, how long in-flight requests may take to finish
+    # probe the online store every N s; 3 failures in a row: health NOT_SERVING until one
+    # answers (docs/RELIABILITY.md); 0 = no probe (health ignores the store)
+    store_probe_s: float = 1.0
     event_log_url: str | None = "sqlite:///data/events.db"  # None (--no-event-log): off
     live_histories: bool = True  # Feedback appends to the user's history in the online store
     history_len: int = 0  # live histories keep the last N; 0: training.features' value, else 50
+    # impression rows one process holds for the event log; more are dropped and counted.
+    # Also what a kill -9 loses at most (plus one batch being written)
+    event_queue_size: int = 10000
     log_level: str = "INFO"
     # TLS, mTLS and bearer tokens (docs/SECURITY.md); SIGHUP re-reads every file below
     tls_cert: Path | None = None  # PEM certificate chain: serve TLS (with tls_key)
@@ -66,14 +72,18 @@ class ServerConfig:
             raise ConfigError(f"provider must be one of {PROVIDERS}, got {self.provider!r}")
         if not 0.0 <= self.tail_weight <= 1.0:
             raise ConfigError(f"tail_weight must be in [0, 1], got {self.tail_weight}")
-        for name in ("max_candidates", "workers", "cache_batch_size"):
+        for name in ("max_candidates", "workers", "cache_batch_size", "event_queue_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR: {self.log_level}")
-        if min(self.ort_threads, self.cache_refresh_s, self.grace_s, self.model_watch_s) < 0:
+        if min(
+            self.ort_threads, self.cache_refresh_s, self.grace_s, self.model_watch_s,
+            self.store_probe_s,
+        ) < 0:  # fmt: skip
             raise ConfigError(
-                "ort_threads, cache_refresh_s, grace_s and model_watch_s must be >= 0"
+                "ort_threads, cache_refresh_s, grace_s, model_watch_s and store_probe_s "
+                "must be >= 0"
             )
         if self.history_len < 0:
             raise ConfigError(

@@ -7,7 +7,9 @@ public Provider API, one SELECT/GET per call, no response building); the item ta
 from the ids of the item view's offline source united with the model's vocabulary,
 swapped atomically on refresh (SIGHUP or an interval). A candidate the table does not
 hold is read from Feast once and remembered (found or not) for ``MISS_TTL_S`` seconds.
-Store faults raise ``Unavailable``.
+Store faults raise ``Unavailable``. A PostgreSQL or Redis store that failed a read is
+marked down: reads then fail at once, and at most once per ``RECONNECT_EVERY_S`` one
+caller opens a new FeatureStore (new connections) and tries it; see ``_reconnect``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ log = logging.getLogger(__name__)
 # an item written to the store after the last table load is seen within this time.
 MISS_TTL_S = 30.0
 MISS_CACHE_MAX = 100_000  # ids remembered at most (a flood of random ids stays bounded)
+# A PostgreSQL or Redis online store that failed a read is not read through the same
+# FeatureStore again: Feast's PostgreSQL pool keeps a connection that failed mid-query
+# checked out for good (10 such failures and every read waits 30 s for a connection), and
+# a pool whose server is down makes each read wait those 30 s. Instead reads fail at once
+# while a new FeatureStore is tried, at most this often (docs/RELIABILITY.md).
+RECONNECT_EVERY_S = 1.0
+PROBE_ID = "__tailrank_probe__"  # a user id no store holds: a read that proves the store answers
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,9 @@ class FeatureClient:
         self._overlay: dict[str, tuple] = {}  # id -> row, upserted here since the table load
         self._lock = threading.Lock()  # one refresh at a time
         self._reopen_lock = threading.Lock()  # one reconnect at a time
+        self._down: _Down | None = None  # set while a PostgreSQL/Redis store is failing
+        # False: only check_store (the health probe) reconnects; reads fail at once
+        self.reconnect_on_read = True
 
     def _open_store(self):  # -> feast.FeatureStore
         """A new FeatureStore: its own registry cache and its own online store connection."""
@@ -132,12 +144,18 @@ class FeatureClient:
 
         if self.sqlite_path is not None:
             self._check_sqlite(self.sqlite_path)
+        elif self._down is not None:  # raises Unavailable while the store is still down
+            self._reconnect(attempt=self.reconnect_on_read)
         store, table = self.store, self._views[view]
         keys = [EntityKey(join_keys=[key], entity_values=[Value(string_val=i)]) for i in ids]
         try:
             found = store.provider.online_read(store.config, table, keys, fields)
         except Exception as exc:  # sqlite3/psycopg/redis errors have no common base
-            raise self._unavailable(exc) from exc
+            error = self._unavailable(exc)
+            if self.sqlite_path is None and self._down is None:
+                self._down = _Down(time.monotonic(), 0.0, str(error))
+                log.error("event=online_store_down error=%r (reconnecting)", exc)
+            raise error from exc
         if table.ttl:
             oldest = datetime.now(UTC) - table.ttl
             return [v if ts is not None and ts >= oldest else None for ts, v in found]
@@ -152,6 +170,56 @@ class FeatureClient:
             f"feature store unavailable: the {kind} online store did not answer "
             f"({type(exc).__name__}: {reason}); retry, and check that it is running"
         )
+
+    def _reconnect(self, attempt: bool = True) -> None:
+        """The store is marked down: raise Unavailable at once, except for one caller per
+        ``RECONNECT_EVERY_S`` (when ``attempt``), which opens a new FeatureStore (new
+        connections), reads the probe id through it and, when that answers, serves from it
+        from now on. A reconnect can take as long as a failed read (Redis: ~4 s)."""
+        down = self._down
+        now = time.monotonic()
+        if down is None:
+            return
+        if not attempt or now < down.next_try or not self._reopen_lock.acquire(blocking=False):
+            raise Unavailable(down.message)
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        try:
+            if self._down is None:  # another thread reconnected meanwhile
+                return
+            self._down = _Down(down.since, now + RECONNECT_EVERY_S, down.message)
+            try:
+                store = self._open_store()
+                views = {name: store.get_feature_view(name) for name in self._views}
+                probe = Value(string_val=PROBE_ID)
+                key = EntityKey(join_keys=[schema.USER_ID], entity_values=[probe])
+                fields = list(contract.SERVING_USER_FIELDS)
+                store.provider.online_read(store.config, views[schema.USER_VIEW], [key], fields)
+            except Exception as exc:  # still down (or the registry with it)
+                message = str(self._unavailable(exc))
+                self._down = _Down(down.since, now + RECONNECT_EVERY_S, message)
+                raise Unavailable(message) from exc
+            self.store, self._views, self._down = store, views, None
+            log.info("event=online_store_reconnected down_s=%.1f", now - down.since)
+        finally:
+            self._reopen_lock.release()
+
+    def mark_down(self, reason: str) -> None:
+        """Treat a PostgreSQL or Redis store as down (the health probe saw it fail or hang;
+        ``reason``: the last probe's error): reads fail at once until a reconnect answers.
+        No effect on SQLite."""
+        if self.sqlite_path is None and self._down is None:
+            cfg = self.store.config.online_store
+            kind = getattr(cfg, "type", "?")
+            address = getattr(cfg, "connection_string", "").split(",")[0] or (
+                f"{getattr(cfg, 'host', '?')}:{getattr(cfg, 'port', '?')}"
+            )
+            message = (f"feature store unavailable: the {kind} online store at {address} "
+                       f"did not answer the health probe ({reason}); retry, and check that "
+                       "it is running")  # fmt: skip
+            self._down = _Down(time.monotonic(), 0.0, message)
+            log.error("event=online_store_down error=%r (reconnecting)", reason)
 
     def _check_sqlite(self, path: Path) -> None:
         """Fail fast on a missing file; reconnect when the file was replaced (new inode).
@@ -445,9 +513,24 @@ class FeatureClient:
         return self._table
 
     def check_store(self) -> None:
-        """Raise Unavailable when the online store cannot answer (used at start-up)."""
-        fields = list(contract.SERVING_USER_FIELDS)
-        self._read(schema.USER_VIEW, schema.USER_ID, ["__tailrank_probe__"], fields)
+        """Raise Unavailable when the online store cannot answer (start-up, health probe);
+        while it is marked down, this is the call that tries to reconnect, so it answers
+        only once the store is usable again (a read that started before the store was
+        marked down and succeeded late does not count)."""
+        if self._down is None:
+            fields = list(contract.SERVING_USER_FIELDS)
+            self._read(schema.USER_VIEW, schema.USER_ID, [PROBE_ID], fields)
+        if self._down is not None:  # marked down before or during that read
+            self._reconnect()
+
+
+@dataclass(frozen=True)
+class _Down:
+    """Since when the store is failing, when the next reconnect may start, the last error."""
+
+    since: float  # time.monotonic()
+    next_try: float
+    message: str
 
 
 def _int(value) -> int:  # a ValueProto int64 (None or unset = 0)

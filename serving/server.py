@@ -51,6 +51,7 @@ from serving.itemtable import SHARED_TABLE_ENV, ItemTable
 from serving.modelswap import ModelSlot, check_at_start
 from serving.ranker import RankArgs, Ranker, Ranking
 from serving.security import Security
+from serving.storewatch import StoreWatch
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._stop = threading.Event()
+        self.store_watch: StoreWatch | None = None  # started by start() (store_probe_s > 0)
 
     @property
     def model(self) -> Model:
@@ -160,6 +162,11 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
             threading.Thread(
                 target=self.models.watch, args=args, name="model-watch", daemon=True
             ).start()
+        if self.config.store_probe_s > 0:  # health NOT_SERVING while the store stays down
+            self.store_watch = StoreWatch(self.features.check_store, self._store_health,
+                                          self.config.store_probe_s, self._stop)  # fmt: skip
+            self.store_watch.start()
+            self.features.reconnect_on_read = False  # the probe reconnects; calls fail fast
         log.info("event=serving model_version=%s", self.model.version)
 
     def check_model(self, force: bool = False) -> str:
@@ -203,6 +210,16 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         """Health NOT_SERVING for every service; stop the refresher."""
         self._stop.set()
         self.health.enter_graceful_shutdown()
+
+    def _store_health(self, up: bool, reason: str) -> None:
+        """The online store went down (several probes failed) or answers again: the
+        RankingService's health (readiness) follows it; "" (liveness) stays SERVING, since
+        a restart cannot bring a store back and a process cannot start without it."""
+        if not up:  # calls fail at once from now on, not after the store's own timeouts
+            self.features.mark_down(reason)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        status = serving if up else health_pb2.HealthCheckResponse.NOT_SERVING
+        self.health.set(SERVICE_NAME, status)
 
     def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):

@@ -18,4 +18,6 @@ pytest_plugins = [
     "tests.fixtures.model",
     "tests.fixtures.serving",
     "tests.fixtures.eventlog",
+    "tests.fixtures.pgcluster",
+    "tests.fixtures.redisproc",
 ]

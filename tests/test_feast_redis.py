@@ -123,7 +123,9 @@ def test_unreachable_redis_rank_is_unavailable(
     message naming Redis and the address, not INTERNAL; the process goes on serving."""
     fs_yaml = _closed_port_yaml(tiny_feature_repo / "data" / "registry.db",
                                 tmp_path / REDIS_YAML)  # fmt: skip
-    config = serving_config(tiny_feature_repo, tiny_model_dir, fs_yaml=fs_yaml, item_cache=False)
+    # no health probe: this is about the read path (the probe: tests/test_fault_drills.py)
+    config = serving_config(tiny_feature_repo, tiny_model_dir, fs_yaml=fs_yaml, item_cache=False,
+                            store_probe_s=0)  # fmt: skip
     items = pd.read_parquet(tiny_feature_repo / "data" / schema.ITEM_FEATURES_FILE)
     request = ranking_pb2.RankRequest(
         user_id="anyone", candidate_ids=items[schema.ITEM_ID].astype(str).tolist()[:3]
