@@ -428,6 +428,7 @@ class FeatureClient:
                 row = overlay.get(item)
                 if row is not None:
                     _put(got, i, row)
+                    got.vocab_idx[i] = vocab.get(item, 0)  # not the table row -1 gathered
         sent = 0 if known.all() else self._fill_misses(got, np.flatnonzero(~known), vocab)
         return got, sent
 

@@ -73,6 +73,9 @@ def test_a_new_item_is_ranked_from_its_text(upserting, tiny_dataset_dir: Path) -
     assert stats[schema.INTERACTION_COUNT] == 0 and stats[schema.IS_TAIL] == 1
     rows = servicer.features.fetch_items(["new-boots"])
     assert rows.known[0] and math.isclose(float(np.linalg.norm(rows.content[0])), 1, rel_tol=1e-4)
+    # served from this process's table overlay: its content, and no other item's ID row
+    served, _ = servicer.features.items(["new-boots"], servicer.model.item_index)
+    assert served.vocab_idx[0] == 0 and np.allclose(served.content[0], rows.content[0])
 
 
 def test_a_changed_text_is_embedded_again_and_counts_kept(upserting, tiny_dataset_dir) -> None:
