@@ -147,6 +147,7 @@ def served_cold_hits(
     )  # fmt: skip
     servicer = build_servicer(config)
     servicer.start()
+    servicer.upserter()  # load the encoder now: the first call of a process pays ~0.3 s
     server, port = create_server(config, servicer)
     timings, hits = [], {}
     try:

@@ -99,6 +99,10 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
         "Feedback -> the user's history in the online store, as the next Rank reads it",
         ["benchmarks.freshness"],
     ),
+    "cold_upsert": (
+        "ColdHR@10 through UpsertItems + Rank vs offline (needs an eval run with --cold-items)",
+        ["benchmarks.cold_upsert", "--run", "artifacts/ml-cold"],
+    ),
     "ort_graph": (
         "ONNX Runtime time of the fusion graph with and without the sequence encoder",
         ["benchmarks.ort_graph"],
@@ -141,7 +145,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     ),  # fmt: skip
 }
 # run only when named with --only: they take long (benchmarks.scale: 10-15 min at 10k)
-OPT_IN = {"scale"}
+OPT_IN = {"scale", "cold_upsert"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 MAX_UPSERT_ITEMS = 1000  # items per call
 MAX_TEXT_BYTES = 8192  # per text value, UTF-8 (the encoder reads 256 tokens of it)
-ENCODE_BATCH = 64
+ENCODE_BATCH = 16  # measured: 16 beats 64 and 256 on 2 cores (less padding)
 
 
 @dataclass(frozen=True)
