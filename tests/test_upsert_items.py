@@ -102,6 +102,7 @@ GOOD = item("never-written", NEW)  # first in every bad call: must not be writte
         ([], "items is empty"),
         ([GOOD, item("", NEW)], "items[1].item_id"),
         ([GOOD, item("a\x00b", NEW)], "items[1].item_id"),
+        ([GOOD, item("x" * 300, NEW)], "items[1].item_id"),
         ([GOOD, item("dup", NEW), item("dup", NEW)], "items[2].item_id"),
         ([GOOD, item("x", {**NEW, "colour": "red"})], "items[1].text['colour']"),
         ([GOOD, item("x", NEW, {"price": float("nan")})], "items[1].numeric['price']"),
