@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from core.cli import parse_bool
@@ -149,3 +151,20 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
         if given is not None:
             values[name] = given
     return TrainConfig.from_dict(values)
+
+
+def load_config_file(path: Path) -> TrainConfig:
+    """A TrainConfig from a JSON file of its fields (``best_config.json``); a missing,
+    unreadable or unknown key is a clear error."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--config {path}: cannot read it as JSON ({exc})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path}: not a JSON object of TrainConfig fields")
+    if "mlp_dims" in values:
+        values["mlp_dims"] = tuple(values["mlp_dims"])
+    try:
+        return TrainConfig.from_dict(values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--config {path}: {exc}") from None

@@ -88,7 +88,12 @@ from core.files import write_json_atomic
 from training import dataset as ds
 from training import distributed
 from training.checkpoint import save_checkpoint, save_config
-from training.config import TrainConfig, add_config_arguments, config_from_args
+from training.config import (
+    TrainConfig,
+    add_config_arguments,
+    config_from_args,
+    load_config_file,
+)
 from training.distributed import Cluster
 from training.model import MASK_VALUE, FusionCTR, UserSide, build_model
 from training.scoring import pick_device, ranking_metrics
@@ -626,7 +631,8 @@ def memory_available() -> int | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m training.train``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="canonical tables dir")
     parser.add_argument("--features", type=Path, required=True, help="item_features dir")
@@ -634,13 +640,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--export", action="store_true", help="then export to ONNX (training.export; rank 0)"
     )
+    parser.add_argument(
+        "--config", type=Path, help="a JSON file of TrainConfig fields (e.g. training.tune's "
+        "best_config.json) as the base; the flags below override it",
+    )  # fmt: skip
     add_config_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return parser
+
+
+def parse_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TrainConfig:
+    """``--config`` (when given) with the flags on top; a bad value is a usage error."""
     try:
-        config = config_from_args(args)
+        base = load_config_file(args.config) if args.config else None
+        return config_from_args(args, base)
     except ValueError as exc:
         parser.error(str(exc))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = parse_config(parser, args)
     try:
         summary = train(config, args.data, args.features, args.out)
     except (MemoryError, ValueError, FileNotFoundError, distributed.LaunchError) as exc:
