@@ -116,7 +116,7 @@ def test_postgres_round_trip(
     assert_online_equals_offline(store, repo / "data")
     # nothing went to the SQLite defaults; registry and online tables are in PostgreSQL
     assert sorted(p.name for p in (repo / "data").iterdir()) == sorted(
-        [schema.ITEM_FEATURES_FILE, schema.USER_FEATURES_FILE]
+        [schema.ITEM_FEATURES_FILE, schema.USER_FEATURES_FILE, schema.FEATURES_SUMMARY_FILE]
     )
     engine = sa.create_engine(str(postgres_database["url"]))
     try:
