@@ -47,8 +47,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def processes_up(metrics_port: int) -> float:
-    """Sum of ``tailrank_process_up`` over the processes (0 while /metrics is not up)."""
+def metric_sum(metrics_port: int, name: str) -> float:
+    """Sum of the series of metric ``name`` (every label set; 0 while /metrics is not up)."""
     try:
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -58,21 +58,34 @@ def processes_up(metrics_port: int) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith("tailrank_process_up")
+        if line.startswith((name + " ", name + "{"))
     )
 
 
+def processes_up(metrics_port: int) -> float:
+    """Sum of ``tailrank_process_up`` over the processes (0 while /metrics is not up)."""
+    return metric_sum(metrics_port, "tailrank_process_up")
+
+
 def launch(
-    repo: Path, model: Path, fs_yaml: Path | None, processes: int, args: argparse.Namespace
+    repo: Path,
+    model: Path,
+    fs_yaml: Path | None,
+    processes: int,
+    args: argparse.Namespace,
+    event_log_url: str | None = None,
+    log_level: str = "WARNING",
 ) -> tuple[subprocess.Popen, str, int]:
-    """``python -m serving`` on a free port, not waited for: (process, target, metrics port)."""
+    """``python -m serving`` on a free port, not waited for: (process, target, metrics port).
+    No event log unless ``event_log_url`` names one."""
     port, metrics_port = free_port(), free_port()
     argv = [sys.executable, "-m", "serving", "--repo", str(repo), "--model", str(model),
             "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port),
             "--processes", str(processes), "--workers", str(args.server_workers),
-            "--ort-threads", str(args.ort_threads), "--no-event-log", "--log-level", "WARNING",
+            "--ort-threads", str(args.ort_threads), "--log-level", log_level,
             "--grace-s", "5"]  # fmt: skip
     argv += ["--fs-yaml", str(fs_yaml)] if fs_yaml else []
+    argv += ["--event-log-url", event_log_url] if event_log_url else ["--no-event-log"]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL)
     return proc, f"127.0.0.1:{port}", metrics_port
 

@@ -143,9 +143,18 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
             "artifacts/scale/scale-10k.json",
         ],
     ),  # fmt: skip
+    "fuzz": (
+        "10,000 Hypothesis-drawn Rank/Feedback requests against a real server: codes, INTERNAL",
+        ["benchmarks.fuzz", "--cases", "10000", "--json", "artifacts/fuzz/fuzz-10000.json"],
+    ),
+    "soak": (
+        "80% of peak Rank throughput for 10 min: errors, p99 over time, RSS growth (opt-in)",
+        ["benchmarks.soak", "--duration", "600", "--json", "artifacts/soak/soak-600.json"],
+    ),
 }
-# run only when named with --only: they take long (benchmarks.scale: 10-15 min at 10k)
-OPT_IN = {"scale", "cold_upsert"}
+# run only when named with --only: they take long (benchmarks.scale: 10-15 min at 10k,
+# benchmarks.soak: 10 min plus start-up, and both keep the machine busy)
+OPT_IN = {"scale", "cold_upsert", "soak"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

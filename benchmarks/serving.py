@@ -58,17 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--repo", type=Path, help="materialized Feast repo (default: feature_repo)")
-    p.add_argument(
-        "--fs-yaml",
-        type=Path,
-        help="the data set's Feast config (default: make's, feature_repo/data/<model's "
-        "data set>/feature_store.yaml, when it exists)",
-    )
-    p.add_argument("--model", type=Path, help="run dir with manifest.json + model.onnx")
-    p.add_argument("--synthetic", action="store_true", help="build a synthetic setup in tmp")
-    p.add_argument("--items", type=int, default=1682, help="synthetic catalogue size")
-    p.add_argument("--users", type=int, default=943, help="synthetic users")
+    add_setup_args(p)
     p.add_argument("--candidates", type=int, default=200, help="candidates per Rank call")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
     p.add_argument("--requests", type=int, default=300, help="calls per run (cached path)")
@@ -89,13 +79,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overload-s", type=float, default=6.0, help="seconds of open-loop load")
     p.add_argument("--log-requests", type=int, default=600, help="calls per logging on/off run")
     p.add_argument("--skip-deployment", action="store_true", help="no processes/overload/log rows")
+    return p.parse_args(argv)
+
+
+def add_setup_args(p: argparse.ArgumentParser) -> None:
+    """The flags that choose the served artifacts (``setup``); shared by benchmarks.soak
+    and benchmarks.fuzz."""
+    p.add_argument("--repo", type=Path, help="materialized Feast repo (default: feature_repo)")
+    p.add_argument(
+        "--fs-yaml",
+        type=Path,
+        help="the data set's Feast config (default: make's, feature_repo/data/<model's "
+        "data set>/feature_store.yaml, when it exists)",
+    )
+    p.add_argument("--model", type=Path, help="run dir with manifest.json + model.onnx")
+    p.add_argument("--synthetic", action="store_true", help="build a synthetic setup in tmp")
+    p.add_argument("--items", type=int, default=1682, help="synthetic catalogue size")
+    p.add_argument("--users", type=int, default=943, help="synthetic users")
     p.add_argument(
         "--new-items", type=float, default=0.0,
         help="share of synthetic items (and of each call's candidates) in the store but not "
         "in the model vocabulary",
     )  # fmt: skip
     p.add_argument("--setup-dir", type=Path, help="build the synthetic setup here once, reuse it")
-    return p.parse_args(argv)
+
+
+def setup(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path]:
+    """(repo, model) to serve: ``--repo``/``--model``, else make's MovieLens-100K artifacts
+    when built, else the synthetic setup (built in ``--setup-dir`` or ``tmp``). Sets
+    ``args.fs_yaml`` to the matching Feast config (None: the repo's own)."""
+    repo, model = (
+        args.repo or ROOT / "feature_repo",
+        args.model or ROOT / "artifacts/movielens-100k",
+    )
+    made = ROOT / "feature_repo" / "data" / model.name / "feature_store.yaml"  # make's layout
+    if args.fs_yaml is None and args.repo is None and made.is_file():
+        args.fs_yaml = made
+    if args.synthetic or args.new_items or not (model / "manifest.json").is_file():
+        log.info("synthetic setup: %d items (%.0f%% new to the model), %d users",
+                 args.items, 100 * args.new_items, args.users)  # fmt: skip
+        repo, model = build_synthetic(args.setup_dir or tmp, args.items, args.users,
+                                      args.new_items)  # fmt: skip
+        args.fs_yaml = None
+    return repo, model
 
 
 # --- orchestration -----------------------------------------------------------------------
@@ -201,20 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("serving").setLevel(logging.WARNING)
-    repo, model = (
-        args.repo or ROOT / "feature_repo",
-        args.model or ROOT / "artifacts/movielens-100k",
-    )
-    made = ROOT / "feature_repo" / "data" / model.name / "feature_store.yaml"  # make's layout
-    if args.fs_yaml is None and args.repo is None and made.is_file():
-        args.fs_yaml = made
     with tempfile.TemporaryDirectory(prefix="tailrank-bench-") as tmp:
-        if args.synthetic or args.new_items or not (model / "manifest.json").is_file():
-            log.info("synthetic setup: %d items (%.0f%% new to the model), %d users",
-                     args.items, 100 * args.new_items, args.users)  # fmt: skip
-            where = args.setup_dir or Path(tmp)
-            repo, model = build_synthetic(where, args.items, args.users, args.new_items)
-            args.fs_yaml = None
+        repo, model = setup(args, Path(tmp))
         rows = run(args, repo, model)
         floor = model_only(model, args)
         deployment = [] if args.skip_deployment else deployment_rows(args, repo, model, tmp)

@@ -25,6 +25,7 @@ from serving.errors import ConfigError, InvalidArgument
 
 EVENT_TYPES = ("click", "cart", "purchase")
 FUTURE_TOLERANCE_MS = 24 * 3600 * 1000  # feedback time may run ahead of ours by clock skew
+ECHO_CHARS = 40  # of a bad event_type, at most, in its error message
 
 
 class UTCDateTime(TypeDecorator):
@@ -172,9 +173,10 @@ def check_event_fields(
     _check_id(where, "user_id", user_id)
     _check_id(where, "item_id", item_id)
     if event_type not in EVENT_TYPES:
-        raise InvalidArgument(
-            f"{where}.event_type: {event_type!r} is not one of {', '.join(EVENT_TYPES)}"
-        )
+        # echo at most ECHO_CHARS: the message travels in a gRPC trailer, which clients
+        # refuse past 16 KiB (RESOURCE_EXHAUSTED instead of this INVALID_ARGUMENT)
+        shown = repr(event_type[:ECHO_CHARS]) + ("..." if len(event_type) > ECHO_CHARS else "")
+        raise InvalidArgument(f"{where}.event_type: {shown} is not one of {', '.join(EVENT_TYPES)}")
     if timestamp_ms < 0:
         raise InvalidArgument(
             f"{where}.timestamp_ms: {timestamp_ms} is negative; give milliseconds"

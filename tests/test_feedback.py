@@ -146,6 +146,16 @@ def test_request_id_is_optional_and_empty_means_none() -> None:
     assert refused(event_type="") == "events[0].event_type: '' is not one of click, cart, purchase"
 
 
+def test_a_huge_event_type_is_echoed_short() -> None:
+    """Regression (benchmarks.fuzz): a 1 MB event_type was echoed whole, and a gRPC client
+    refuses a status message over 16 KiB, so the caller saw RESOURCE_EXHAUSTED."""
+    message = refused(event_type="y" * 1_000_000)
+    assert (
+        message == "events[0].event_type: '" + "y" * 40 + "'... is not one of click, cart, purchase"
+    )
+    assert refused(event_type="y" * 40).startswith("events[0].event_type: '" + "y" * 40 + "' is")
+
+
 def test_feedback_params_bind_every_column() -> None:
     rows = [row(request_id="req-1"), row(event_type="cart")]
     recorded = NOW + timedelta(seconds=1)
