@@ -26,8 +26,10 @@ from collections.abc import Callable
 from concurrent import futures
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -228,13 +230,15 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
     # --- RPCs ----------------------------------------------------------------------------
     def Rank(self, request, context):  # noqa: N802 (gRPC method name)
         return _handle(
-            "Rank", context, ranking_pb2.RankResponse, lambda: self._rank(request, context)
-        )
+            "Rank", context, ranking_pb2.RankResponse,
+            lambda: self._rank(_decoded(request), context),
+        )  # fmt: skip
 
     def Feedback(self, request, context):  # noqa: N802
         return _handle(
-            "Feedback", context, ranking_pb2.FeedbackResponse, lambda: self._feedback(request)
-        )
+            "Feedback", context, ranking_pb2.FeedbackResponse,
+            lambda: self._feedback(_decoded(request)),
+        )  # fmt: skip
 
     def UpsertItems(self, request, context):  # noqa: N802
         return _handle(
@@ -363,6 +367,50 @@ def _fill_items(response: ranking_pb2.RankResponse, ranking: Ranking, args: Rank
     metrics.TAIL_SERVED.inc(n_tail)
 
 
+class Undecodable(NamedTuple):
+    """A request body that does not parse as its method's message (e.g. a string field
+    that is not UTF-8). gRPC answers INTERNAL when a deserializer raises, so ``_parse``
+    returns this instead and the handler answers INVALID_ARGUMENT (``_decoded``)."""
+
+    message: str  # the expected message type's full name
+    error: str
+
+
+def _parse(message_type: type) -> Callable[[bytes], object]:
+    def parse(body: bytes) -> object:
+        try:
+            return message_type.FromString(body)
+        except DecodeError as exc:
+            return Undecodable(message_type.DESCRIPTOR.full_name, str(exc))
+
+    return parse
+
+
+def _decoded(request: object) -> object:
+    if isinstance(request, Undecodable):
+        raise InvalidArgument(
+            f"the request is not a valid {request.message} ({request.error}): "
+            "string fields must be UTF-8"
+        )
+    return request
+
+
+def _add_ranking_service(servicer: RankingServicer, server: grpc.Server) -> None:
+    """What ``ranking_pb2_grpc.add_RankingServiceServicer_to_server`` does, every method
+    of the proto's service, with ``_parse`` as the request deserializer."""
+    service = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"]
+    handlers = {
+        m.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, m.name),
+            request_deserializer=_parse(getattr(ranking_pb2, m.input_type.name)),
+            response_serializer=getattr(ranking_pb2, m.output_type.name).SerializeToString,
+        )
+        for m in service.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 def _handle(method: str, context: grpc.ServicerContext, empty: type, call: Callable):
     """Run one RPC body: map any exception to a status, count it, never raise."""
     token = REQUEST_ID.set("-")
@@ -404,7 +452,7 @@ def create_server(
         maximum_concurrent_rpcs=config.in_flight_limit,
         options=[("grpc.so_reuseport", int(reuse_port))],
     )
-    ranking_pb2_grpc.add_RankingServiceServicer_to_server(servicer, server)
+    _add_ranking_service(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(servicer.health, server)
     names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)

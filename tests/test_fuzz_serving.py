@@ -3,8 +3,8 @@
 ``python -m serving`` runs as a subprocess over the tiny Feast repo and model with an
 SQLite event log; ``benchmarks.fuzz`` draws requests (well-formed and hostile values of
 every field) and checks each answer: OK and a correct ranking or stored events for a
-well-formed message, INVALID_ARGUMENT naming the field for a bad one, never OK for a
-body off the schema, and the process alive and SERVING afterwards. Derandomized: CI
+well-formed message, INVALID_ARGUMENT naming the field for a bad one (and for a string
+that is not UTF-8), never INTERNAL, and the process alive and SERVING afterwards. Derandomized: CI
 sends the same requests every run. The 10,000-case run is ``python -m benchmarks.fuzz``
 (docs/BENCHMARKS.md).
 
@@ -18,7 +18,6 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from hypothesis import given, settings
 
@@ -61,10 +60,7 @@ def test_every_field_fuzzed_server_answers_by_the_rules_and_stays_up(
         ("Feedback", "bad"), ("Rank", "off-schema"),
     }  # fmt: skip
     assert sum(n for (_, kind, code), n in fuzzer.codes.items() if code == "OK") > CASES // 5
-    # never INTERNAL or UNKNOWN to a message of the schema, well-formed or not
-    assert not any(
-        code in ("INTERNAL", "UNKNOWN") for _, kind, code in fuzzer.codes if kind != "off-schema"
-    )
+    assert not any(code in ("INTERNAL", "UNKNOWN") for *_, code in fuzzer.codes)
 
 
 def test_sql_looking_and_odd_ids_are_stored_verbatim(fuzzer: Fuzzer) -> None:
@@ -101,20 +97,12 @@ def test_the_check_fails_on_a_wrong_answer(fuzzer: Fuzzer, tiny_feature_repo: Pa
     fuzzer.failures.clear()
 
 
-def test_a_body_off_the_schema_is_refused_and_the_server_lives(fuzzer: Fuzzer) -> None:
-    body = b"\x0a\x01\xff\x12\x01a"  # user_id = invalid UTF-8, candidate_ids = ["a"]
-    with pytest.raises(grpc.RpcError) as err:
-        fuzzer.raw["Rank"](body, timeout=10)
-    assert err.value.code() is not grpc.StatusCode.OK
-    assert fuzzer.serving()
-
-
 def test_strategies_draw_each_field_hostile() -> None:
-    """Every field of both RPCs gets a bad value within a few hundred draws."""
+    """Every field of both RPCs gets a bad value within 300 draws."""
     users, items = ["u1", "u2"], ["i1", "i2", "i3"]
     fields: set[str] = set()
 
-    @settings(max_examples=400, derandomize=True, database=None)
+    @settings(max_examples=300, derandomize=True, database=None)
     @given(all_cases(users, items, max_candidates=5))
     def draw(case: Case) -> None:
         fields.update(p.split("].")[-1] if "]." in p else p.split("[")[0] for p in case.problems)

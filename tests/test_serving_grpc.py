@@ -184,6 +184,26 @@ def test_bad_input_is_invalid_argument(ranking_server, fields: dict, message: st
     assert message in err.value.details()
 
 
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [
+        ("Rank", b"\x0a\x01\xff\x12\x01a"),  # user_id = b"\xff", candidate_ids = ["a"]
+        ("Rank", b"\x0a\x01u\x12\x02\xc3\x28"),  # a candidate id that is not UTF-8
+        ("Feedback", b"\x0a\x0e\x0a\x02\xed\xa0\x12\x01i\x1a\x05click"),  # a surrogate
+    ],
+)
+def test_a_body_that_is_not_utf8_is_invalid_argument(ranking_server, method, body) -> None:
+    """Regression (benchmarks.fuzz): gRPC answered INTERNAL ("Exception deserializing
+    request!") to a string field that is not UTF-8, which other languages' clients can send."""
+    call = ranking_server.channel.unary_unary(f"/tailrank.v1.RankingService/{method}")
+    with pytest.raises(grpc.RpcError) as err:
+        call(body, timeout=TIMEOUT)  # raw bytes: the Python stubs refuse to build it
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(f"the request is not a valid tailrank.v1.{method}Request")
+    assert err.value.details().endswith("string fields must be UTF-8")
+    assert rank(ranking_server, user_id="u", candidate_ids=["a"]).request_id  # still serving
+
+
 def test_feedback_without_event_log_is_failed_precondition(ranking_server) -> None:
     event = ranking_pb2.FeedbackEvent(user_id="u", item_id="i", event_type="click")
     with pytest.raises(grpc.RpcError) as err:
