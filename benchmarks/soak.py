@@ -202,8 +202,8 @@ def summarize(rows: list[dict], sent: dict, peak: float, rate: float, pid: int |
     out = {
         "peak_rps": round(peak, 1), "rate": round(rate, 1), **sent,
         "answered": sum(r["answered"] for r in rows), "errors": sum(errors.values()),
-        "errors_by_code": dict(errors), "p50_ms_median": statistics.median(
-            r["p50_ms"] for r in rows if r["p50_ms"] is not None),
+        "errors_by_code": dict(errors), "p50_ms_median": round(statistics.median(
+            r["p50_ms"] for r in rows if r["p50_ms"] is not None), 2),
         "p99_ms_median": round(statistics.median(p99s), 2), "p99_ms_max": max(p99s),
     }  # fmt: skip
     if pid and len(rows) >= 2:  # the first row's memory is after the warm-up interval

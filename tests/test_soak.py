@@ -34,7 +34,7 @@ def test_memory_is_summed_over_the_process_and_its_children() -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.slow  # about 80 s on 2 busy cores: two server processes start (~45 s)
+@pytest.mark.slow  # 50-80 s on 2 busy cores: most of it two server processes starting
 def test_a_short_soak_holds_the_rate_without_errors(
     tiny_feature_repo: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
