@@ -1,21 +1,24 @@
-"""Property-based fuzz of the ranking server over gRPC: every field of Rank and Feedback.
+"""Property-based fuzz of the ranking server over gRPC: every field of every RPC.
 
     python -m benchmarks.fuzz --cases 10000       # starts python -m serving on the setup
     python -m benchmarks.fuzz --target 127.0.0.1:50051 --event-log-url sqlite:///data/events.db \\
         --repo feature_repo --fs-yaml feature_repo/data/movielens-100k/feature_store.yaml
 
-Hypothesis draws requests (``benchmarks.fuzz_cases``: well-formed and hostile values of
-every field) and each is sent to a real server, ``python -m serving`` with an SQLite
-event log (the MovieLens-100K artifacts when built, else the synthetic setup of
-``benchmarks.serving``), and checked by ``Fuzzer.check``:
+Hypothesis draws Rank, Feedback and UpsertItems requests (``benchmarks.fuzz_cases``:
+well-formed and hostile values of every field) and each is sent to a real server,
+``python -m serving`` with an SQLite event log (the MovieLens-100K artifacts when built,
+else the synthetic setup of ``benchmarks.serving``, given a features summary naming the
+default sentence encoder so that it can upsert), and checked by ``Fuzzer.check``:
 
 - a well-formed Rank is answered OK: every candidate of the store ranked (``top_k`` of
   them) and every other one listed unscored, scores finite and descending, the request
   id and tail weight echoed, explanations exactly when asked;
 - a well-formed Feedback is answered OK, ``accepted`` = its events, and the event log
   holds exactly those rows, ids byte for byte (SQL-looking ones included);
-- a bad request is INVALID_ARGUMENT with a message naming a wrong field, and a bad
-  Feedback stores nothing;
+- a well-formed UpsertItems is OK with the right created/updated counts, the items are
+  in the event log's ``item_upserts`` in order, and a Rank of them right after ranks all;
+- a bad request is INVALID_ARGUMENT with a message naming a wrong field, and stores
+  nothing;
 - a body off the schema is refused: INVALID_ARGUMENT for a string field that is not
   UTF-8, RESOURCE_EXHAUSTED (from gRPC itself) for one over the 4 MB receive limit;
 - the process stays up: it is polled after every case, health is checked every
@@ -48,11 +51,11 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from tqdm import tqdm
 
-from benchmarks.fuzz_cases import MALFORMED, OVERSIZE, Case, all_cases
+from benchmarks.fuzz_cases import MALFORMED, OVERSIZE, Case, ItemColumns, all_cases
 from core import schema
 from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
 from serving.config import ServerConfig
-from serving.eventschema import feedback
+from serving.eventschema import feedback, item_upserts
 from serving.server import SERVICE_NAME
 
 log = logging.getLogger("benchmarks.fuzz")
@@ -75,6 +78,32 @@ def known_ids(features: Path) -> tuple[list[str], list[str]]:
     )
 
 
+def item_columns(features: Path) -> ItemColumns | None:
+    """The columns UpsertItems takes, from the features step's summary beside the sources;
+    None when there is none or it names no encoder graph (the server then refuses upserts)."""
+    try:
+        summary = json.loads((features / schema.FEATURES_SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    columns = summary.get("item_columns") or {}
+    if not summary.get("encoder", {}).get("graph") or not columns.get("text"):
+        return None
+    return ItemColumns(tuple(columns["text"]), tuple(columns.get("numeric", ())))
+
+
+def add_encoder_summary(features: Path) -> None:
+    """Let a server upsert into the synthetic shop (which has no features step): the
+    summary the step would write, with the default sentence encoder's ONNX graph and the
+    title as the one text column (the shop's vectors are random; upserted ones are not)."""
+    from training.encoder import encoder_description
+    from training.features import encoder_graph
+
+    info = encoder_description(None)
+    summary = {"encoder": {**info, **encoder_graph(info)},
+               "item_columns": {"text": [schema.TITLE], "numeric": []}}  # fmt: skip
+    (features / schema.FEATURES_SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+
+
 def kind(case: Case) -> str:
     if case.well_formed:
         return "well-formed"
@@ -85,7 +114,8 @@ class Fuzzer:
     """Sends Cases to the server at ``target`` and checks each answer (see the module doc).
 
     ``event_log_url``: the server's event store, read back after each Feedback; ``items``:
-    the item ids the store holds; ``proc``: the server process, polled after each case."""
+    the item ids the store holds (upserted ones are added); ``proc``: the server process,
+    polled after each case."""
 
     def __init__(self, target: str, event_log_url: str, items: list[str],
                  proc: subprocess.Popen | None = None) -> None:  # fmt: skip
@@ -93,12 +123,11 @@ class Fuzzer:
         grpc.channel_ready_future(self.channel).result(timeout=30)
         self.stub = ranking_pb2_grpc.RankingServiceStub(self.channel)
         # no serializer: the body is sent as given (a MALFORMED case is not a message)
-        self.raw = {
-            m: self.channel.unary_unary(f"/{SERVICE_NAME}/{m}") for m in ("Rank", "Feedback")
-        }
+        methods = ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].methods
+        self.raw = {m.name: self.channel.unary_unary(f"/{SERVICE_NAME}/{m.name}") for m in methods}
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.engine = sa.create_engine(event_log_url)
-        self.items, self.proc = frozenset(items), proc
+        self.items, self.proc = set(items), proc
         self.codes: Counter[tuple[str, str, str]] = Counter()  # (method, kind, code) -> n
         self.failures: list[str] = []
 
@@ -109,7 +138,8 @@ class Fuzzer:
     # --- one case ------------------------------------------------------------------------
     def check(self, case: Case) -> list[str]:
         """Send ``case``; return what is wrong with the answer (empty: nothing)."""
-        before = self._last_feedback_id() if case.method == "Feedback" else 0
+        table = {"Feedback": feedback, "UpsertItems": item_upserts}.get(case.method)
+        before = self._last_id(table) if table is not None else 0
         code, details, reply = self._send(case)
         self.codes[(case.method, kind(case), code.name)] += 1
         if self.proc is not None and self.proc.poll() is not None:
@@ -117,8 +147,9 @@ class Fuzzer:
         if case.well_formed:
             problems = [f"{code.name} to a well-formed {case.method}: {details}"]
             if code is OK:
-                problems = (self._check_rank(case.message, reply) if case.method == "Rank"
-                            else self._check_feedback(case.message, reply, before))  # fmt: skip
+                check = {"Rank": self._check_rank, "Feedback": self._check_feedback,
+                         "UpsertItems": self._check_upsert}[case.method]  # fmt: skip
+                problems = check(case.message, reply, before)
         elif kind(case) == "off-schema":  # gRPC refuses one over its receive limit itself
             want = INVALID if MALFORMED in case.problems else grpc.StatusCode.RESOURCE_EXHAUSTED
             problems = [] if code is want else [f"{code.name} to {sorted(case.problems)[0]}"]
@@ -127,8 +158,8 @@ class Fuzzer:
                         f"{sorted(case.problems)}"]  # fmt: skip
         else:
             problems = []
-        if case.method == "Feedback" and code is not OK and self._last_feedback_id() != before:
-            problems.append("a refused Feedback stored rows")
+        if table is not None and code is not OK and self._last_id(table) != before:
+            problems.append(f"a refused {case.method} stored rows")
         if problems:
             self.failures.append(f"{describe(case)}: {'; '.join(problems)}")
         return problems
@@ -141,7 +172,7 @@ class Fuzzer:
         except grpc.RpcError as err:
             return err.code(), err.details() or "", None
 
-    def _check_rank(self, request: ranking_pb2.RankRequest, reply) -> list[str]:
+    def _check_rank(self, request: ranking_pb2.RankRequest, reply, _: int = 0) -> list[str]:
         cands = list(request.candidate_ids)
         known = [c for c in cands if c in self.items]
         ranked = [it.item_id for it in reply.items]
@@ -185,9 +216,29 @@ class Fuzzer:
             problems.append(f"occurred_at differs from timestamp_ms: {times[:2]}")
         return problems
 
-    def _last_feedback_id(self) -> int:
+    def _check_upsert(self, request: ranking_pb2.UpsertItemsRequest, reply, before: int):
+        """Counts right, the items logged in order, and ranked at once by this server."""
+        ids = [item.item_id for item in request.items]
+        new = sum(i not in self.items for i in ids)
+        problems = []
+        got, want = (reply.upserted, reply.created, reply.updated), (len(ids), new, len(ids) - new)
+        if got != want:
+            problems.append(f"upserted, created, updated: {got}, wanted {want}")
+        query = sa.select(item_upserts.c.item_id).where(item_upserts.c.id > before)
         with self.engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.max(feedback.c.id))).scalar() or 0
+            logged = conn.execute(query.order_by(item_upserts.c.id)).scalars().all()
+        if logged != ids:
+            problems.append(f"item_upserts holds {logged[:3]!r}, not the items sent")
+        self.items.update(ids)
+        ranked = self.stub.Rank(ranking_pb2.RankRequest(user_id="fuzz", candidate_ids=ids),
+                                timeout=TIMEOUT_S)  # fmt: skip
+        if sorted(it.item_id for it in ranked.items) != sorted(ids):
+            problems.append(f"upserted items not ranked at once: unscored {list(ranked.unscored)}")
+        return problems
+
+    def _last_id(self, table: sa.Table) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(table.c.id))).scalar() or 0
 
     def serving(self) -> bool:
         """grpc.health.v1 says SERVING (and the process, when known, is alive)."""
@@ -308,17 +359,21 @@ def print_report(figures: dict) -> None:
         print("FAILED:", failure)
 
 
-def run(args: argparse.Namespace, target: str, url: str, users: list[str], items: list[str],
+def run(args: argparse.Namespace, target: str, url: str, features: Path,
         proc: subprocess.Popen | None) -> dict:  # fmt: skip
-    log.info("fuzzing %s: %d cases, %d users and %d items known", target, args.cases,
-             len(users), len(items))  # fmt: skip
+    users, items = known_ids(features)
+    columns = item_columns(features)
+    upserts = "on" if columns else "off (no encoder graph in the features summary)"
+    log.info("fuzzing %s: %d cases, %d users and %d items known, UpsertItems %s", target,
+             args.cases, len(users), len(items), upserts)  # fmt: skip
     fuzzer = Fuzzer(target, url, items, proc)
+    strategy = all_cases(users, items, ServerConfig().max_candidates, columns)
     start = time.perf_counter()
     try:
         with tqdm(total=args.cases, desc="fuzz", unit="case") as bar:
-            fuzz(fuzzer, all_cases(users, items, ServerConfig().max_candidates), args.cases,
-                 seed=args.seed, stop_on_failure=args.stop_on_failure,
-                 health_every=args.health_every, progress=bar)  # fmt: skip
+            fuzz(fuzzer, strategy, args.cases, seed=args.seed,
+                 stop_on_failure=args.stop_on_failure, health_every=args.health_every,
+                 progress=bar)  # fmt: skip
     except AssertionError as exc:  # ServerDied, or a failure with --stop-on-failure
         log.error("%s", exc)
     wall = time.perf_counter() - start
@@ -337,7 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     with tempfile.TemporaryDirectory(prefix="tailrank-fuzz-") as tmp:
         repo, model = setup(args, Path(tmp))
-        users, items = known_ids(features_dir(repo, args.fs_yaml))
+        features = features_dir(repo, args.fs_yaml)
+        synthetic = json.loads((model / "manifest.json").read_text())["model_version"]
+        if synthetic == "synthetic-untrained" and item_columns(features) is None:
+            add_encoder_summary(features)  # UpsertItems is fuzzed too
         proc, target, url = None, args.target, args.event_log_url
         if target is None:
             url = f"sqlite:///{Path(tmp) / 'events.db'}"
@@ -347,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             processes.wait_up(proc, metrics_port, args.processes)
         try:
-            figures = run(args, target, url, users, items, proc)
+            figures = run(args, target, url, features, proc)
         finally:
             if proc is not None:
                 processes.stop(proc)

@@ -1,4 +1,4 @@
-"""Hypothesis strategies for every field of Rank and Feedback, and the oracle that says
+"""Hypothesis strategies for every field of every RPC, and the oracle that says
 which fields of a drawn request are wrong (``benchmarks.fuzz`` sends them to a server).
 
 A ``Case`` is one request and the set of fields the oracle finds wrong: empty means
@@ -11,7 +11,11 @@ INVALID_ARGUMENT naming one of them. The oracle is written from the rules in
 - Rank: 1 to ``max_candidates`` candidates, no duplicates, ``top_k >= 0``,
   ``tail_weight`` (when set) in [0, 1] (NaN is not);
 - Feedback: 1 to 1000 events, ``event_type`` click/cart/purchase, ``timestamp_ms`` >= 0
-  and at most a day past now (0 = now).
+  and at most a day past now (0 = now);
+- UpsertItems: 1 to 1000 items, item ids unique, text keys among the items table's text
+  columns, values at most 8192 bytes without NUL, numeric keys among its columns and
+  finite, and at least one text column not blank (``ItemColumns``, from the features
+  step's summary).
 
 Values drawn: ids of the served store, any unicode, SQL-looking and other odd strings,
 empty, NUL bytes, ids just under and over the byte limits (multi-byte characters), a
@@ -34,6 +38,7 @@ from hypothesis import strategies as st
 from serving.api.tailrank.v1 import ranking_pb2
 
 MAX_ID_BYTES, MAX_RANK_REQUEST_ID_BYTES, MAX_EVENTS = 256, 128, 1000
+MAX_UPSERT_ITEMS, MAX_TEXT_BYTES = 1000, 8192
 EVENT_TYPES = ("click", "cart", "purchase")
 DAY_MS, HOUR_MS = 86_400_000, 3_600_000
 MALFORMED, OVERSIZE = "<malformed message>", "<over the 4 MB receive limit>"
@@ -87,6 +92,39 @@ def rank_problems(request: ranking_pb2.RankRequest, max_candidates: int) -> froz
         problems.add("tail_weight")
     if id_wrong(request.request_id, MAX_RANK_REQUEST_ID_BYTES, required=False):
         problems.add("request_id")
+    return frozenset(problems)
+
+
+@dataclass(frozen=True)
+class ItemColumns:
+    """The items table's columns UpsertItems takes (``item_columns`` of the features
+    step's features_summary.json): text ones are embedded, numeric ones only logged."""
+
+    text: tuple[str, ...]
+    numeric: tuple[str, ...]
+
+
+def upsert_problems(
+    request: ranking_pb2.UpsertItemsRequest, columns: ItemColumns
+) -> frozenset[str]:
+    items = request.items
+    problems = {"items"} if not items or len(items) > MAX_UPSERT_ITEMS else set()
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        at = f"items[{i}]"
+        if id_wrong(item.item_id) or item.item_id in seen:
+            problems.add(f"{at}.item_id")
+        seen.add(item.item_id)
+        for k, v in item.text.items():
+            if k not in columns.text or len(v.encode()) > MAX_TEXT_BYTES or "\x00" in v:
+                problems.add(f"{at}.text[{k!r}]")
+        for k, v in item.numeric.items():
+            if k not in columns.text + columns.numeric or not math.isfinite(v):
+                problems.add(f"{at}.numeric[{k!r}]")
+        # an item is ranked by its text until it has interactions: one text column not blank
+        if not any(item.text[c].strip() if c in item.text else c in item.numeric
+                   for c in columns.text):  # fmt: skip
+            problems.add(f"{at}.text")
     return frozenset(problems)
 
 
@@ -231,6 +269,37 @@ def feedback_cases(draw: st.DrawFn, users: list[str], items: list[str], now_ms: 
     return case("Feedback", request, feedback_problems(request, now_ms))
 
 
+@st.composite
+def upsert_cases(draw: st.DrawFn, items: list[str], columns: ItemColumns) -> Case:
+    good = draw(st.booleans())
+    names = list(columns.text) + list(columns.numeric)
+    key = st.sampled_from(names) if good else st.sampled_from(names) | st.text(UTF8, max_size=8)
+    text = st.one_of(
+        st.text(NO_NUL, min_size=1, max_size=40).filter(str.strip), st.sampled_from(SQL_LIKE + ODD)
+    )
+    if not good:
+        text = text | st.sampled_from(["", "   "]) | st.text(UTF8, max_size=6).map(
+            lambda s: s + "\x00") | st.just(MAX_TEXT_BYTES + 1).map(lambda n: "t" * n)  # fmt: skip
+    number = st.floats(allow_nan=False, allow_infinity=False) if good else st.floats()
+    item = st.builds(
+        ranking_pb2.ItemUpsert,
+        item_id=(valid_ids if good else any_ids)(items),
+        # with good: the first text column always set, so the item has a text
+        text=st.dictionaries(st.sampled_from(columns.text) if good else key, text, max_size=3)
+        .map(lambda t: {columns.text[0]: "fuzzed item", **t} if good else t),
+        numeric=st.dictionaries(st.sampled_from(columns.numeric) if good and columns.numeric
+                                else key, number, max_size=2 if columns.numeric or not good else 0),
+    )  # fmt: skip
+    listed = draw(
+        st.lists(item, min_size=1 if good else 0, max_size=4, unique_by=lambda i: i.item_id)
+        if good else st.lists(item, max_size=4) | st.just(MAX_UPSERT_ITEMS + 1).map(
+            lambda n: [ranking_pb2.ItemUpsert(item_id=f"n{k}", text={columns.text[0]: "x"})
+                       for k in range(n)])
+    )  # fmt: skip
+    request = ranking_pb2.UpsertItemsRequest(items=listed)
+    return case("UpsertItems", request, upsert_problems(request, columns))
+
+
 def raw_string_field(number: int, value: bytes) -> bytes:
     """The wire bytes of one length-delimited field (tag, varint length, value)."""
     out, n = bytearray([number << 3 | 2]), len(value)
@@ -248,25 +317,27 @@ def wire_cases(draw: st.DrawFn, items: list[str]) -> Case:
         return Case("Rank", ranking_pb2.RankRequest(user_id="u", candidate_ids=["z" * (5 << 20)]),
                     frozenset({OVERSIZE}))  # fmt: skip
     bad = draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"a\x80b", b"\xf8\x88"]))
-    method = draw(st.sampled_from(["Rank", "Feedback"]))
+    method = draw(st.sampled_from(["Rank", "Feedback", "UpsertItems"]))
     if method == "Rank":  # user_id = <bad>, candidate_ids = [a known item]
         body = raw_string_field(1, bad) + raw_string_field(2, draw(st.sampled_from(items)).encode())
-    else:  # events = [FeedbackEvent(user_id=<bad>, item_id="i", event_type="click")]
+    elif method == "Feedback":  # events = [FeedbackEvent(user_id=<bad>, item_id="i", ...)]
         event = raw_string_field(1, bad) + raw_string_field(2, b"i") + raw_string_field(3, b"click")
         body = raw_string_field(1, event)
+    else:  # items = [ItemUpsert(item_id=<bad>)]
+        body = raw_string_field(1, raw_string_field(1, bad))
     return Case(method, body, frozenset({MALFORMED}))
 
 
 def all_cases(
-    users: list[str], items: list[str], max_candidates: int = 1000
+    users: list[str],
+    items: list[str],
+    max_candidates: int = 1000,
+    columns: ItemColumns | None = None,
 ) -> st.SearchStrategy[Case]:
-    """Rank and Feedback in about equal shares, and now and then a body off the schema.
+    """Rank and Feedback in about equal shares, UpsertItems when ``columns`` are known
+    (the server has the features step's encoder), and now and then a body off the schema.
     Timestamps are drawn around the time of this call (the same draws on a replay)."""
     now_ms = int(time.time() * 1000)
-    return st.one_of(
-        rank_cases(users, items, max_candidates),
-        feedback_cases(users, items, now_ms),
-        rank_cases(users, items, max_candidates),
-        feedback_cases(users, items, now_ms),
-        wire_cases(items),
-    )
+    rank, feedback = rank_cases(users, items, max_candidates), feedback_cases(users, items, now_ms)
+    upserts = [upsert_cases(items, columns)] if columns and columns.text else []
+    return st.one_of(rank, feedback, rank, feedback, *upserts, wire_cases(items))

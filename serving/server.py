@@ -243,7 +243,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
     def UpsertItems(self, request, context):  # noqa: N802
         return _handle(
             "UpsertItems", context, ranking_pb2.UpsertItemsResponse,
-            lambda: self._upsert_items(request),
+            lambda: self._upsert_items(_decoded(request)),
         )  # fmt: skip
 
     def upserter(self):  # -> serving.upsert.ItemUpserter
