@@ -190,6 +190,7 @@ def test_bad_input_is_invalid_argument(ranking_server, fields: dict, message: st
         ("Rank", b"\x0a\x01\xff\x12\x01a"),  # user_id = b"\xff", candidate_ids = ["a"]
         ("Rank", b"\x0a\x01u\x12\x02\xc3\x28"),  # a candidate id that is not UTF-8
         ("Feedback", b"\x0a\x0e\x0a\x02\xed\xa0\x12\x01i\x1a\x05click"),  # a surrogate
+        ("UpsertItems", b"\x0a\x03\x0a\x01\xff"),  # items = [ItemUpsert(item_id=b"\xff")]
     ],
 )
 def test_a_body_that_is_not_utf8_is_invalid_argument(ranking_server, method, body) -> None:
