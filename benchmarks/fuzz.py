@@ -104,6 +104,19 @@ def add_encoder_summary(features: Path) -> None:
     (features / schema.FEATURES_SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
 
 
+def writable_copy(repo: Path, fs_yaml: Path | None, tmp: Path) -> tuple[Path, Path | None]:
+    """A copy of the Feast repo (and its data) to serve from: Feedback and UpsertItems
+    write to the online store, which must stay as it was built for the next run."""
+    import shutil
+
+    copy = Path(shutil.copytree(repo, tmp / "repo", symlinks=True))
+    if fs_yaml is None:
+        return copy, None
+    if not fs_yaml.resolve().is_relative_to(repo.resolve()):
+        raise SystemExit(f"--fs-yaml {fs_yaml} is outside --repo {repo}: cannot copy the store")
+    return copy, copy / fs_yaml.resolve().relative_to(repo.resolve())
+
+
 def kind(case: Case) -> str:
     if case.well_formed:
         return "well-formed"
@@ -113,7 +126,7 @@ def kind(case: Case) -> str:
 class Fuzzer:
     """Sends Cases to the server at ``target`` and checks each answer (see the module doc).
 
-    ``event_log_url``: the server's event store, read back after each Feedback; ``items``:
+    ``event_log_url``: the server's event store, read back after each write; ``items``:
     the item ids the store holds (upserted ones are added); ``proc``: the server process,
     polled after each case."""
 
@@ -399,10 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         proc, target, url = None, args.target, args.event_log_url
         if target is None:
             url = f"sqlite:///{Path(tmp) / 'events.db'}"
+            repo, fs_yaml = writable_copy(repo, args.fs_yaml, Path(tmp))
             proc, target, metrics_port = processes.launch(
-                repo, model, args.fs_yaml, args.processes, args, event_log_url=url,
-                log_level="ERROR",
-            )  # fmt: skip
+                repo, model, fs_yaml, args.processes, args, event_log_url=url, log_level="ERROR"
+            )
             processes.wait_up(proc, metrics_port, args.processes)
         try:
             figures = run(args, target, url, features, proc)
