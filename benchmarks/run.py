@@ -144,7 +144,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
         ],
     ),  # fmt: skip
     "fuzz": (
-        "10,000 Hypothesis-drawn Rank/Feedback requests against a real server: codes, INTERNAL",
+        "10,000 Hypothesis-drawn requests of every RPC against a real server: codes, INTERNAL",
         ["benchmarks.fuzz", "--cases", "10000", "--json", "artifacts/fuzz/fuzz-10000.json"],
     ),
     "soak": (
