@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from benchmarks.synthetic import materialized_repo
 from core import itemtext, schema
 from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
 from serving.config import ServerConfig
@@ -47,11 +48,9 @@ from training.checkpoint import load_run, run_data
 from training.config import TrainConfig
 from training.evaluate import evaluate_scorer
 from training.export import export_run
-from training.feast_repo import materialize_repo
 from training.scoring import fusion_scorers
 
 log = logging.getLogger("benchmarks.cold_upsert")
-ROOT = Path(__file__).resolve().parents[1]
 K = 10
 
 
@@ -102,14 +101,13 @@ def shop_before(data_dir: Path, hidden: set[str], out: Path, history_len: int) -
 
 
 def feature_repo(features_dir: Path, where: Path) -> Path:
-    repo = where / "feature_repo"
-    (repo / "data").mkdir(parents=True)
-    for file in [*(ROOT / "feature_repo").glob("*.py"), ROOT / "feature_repo/feature_store.yaml"]:
-        shutil.copy2(file, repo / file.name)
-    for file in features_dir.iterdir():
-        shutil.copy2(file, repo / "data" / file.name)
-    materialize_repo(repo, repo / "feature_store.yaml", repo / "data")
-    return repo
+    """A materialized Feast repo over ``features_dir``'s files."""
+
+    def copy_features(data: Path) -> None:
+        for file in features_dir.iterdir():
+            shutil.copy2(file, data / file.name)
+
+    return materialized_repo(where / "feature_repo", copy_features)
 
 
 def upserts(items: pd.DataFrame, hidden: list[str]) -> list[ranking_pb2.ItemUpsert]:

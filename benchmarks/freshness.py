@@ -21,7 +21,6 @@ visible <= 100 ms after the Feedback response.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from benchmarks.synthetic import build_synthetic
+from benchmarks.synthetic import add_encoder_summary, build_synthetic
 from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
 from serving.config import ServerConfig
 from serving.features import FeatureClient
@@ -172,18 +171,6 @@ def upserts(stub, args: argparse.Namespace) -> list[str]:
     ]
 
 
-def add_summary(repo: Path) -> None:
-    """What ``training.features`` leaves beside the item source, for UpsertItems: the
-    encoder (its ONNX graph, exported once) and the items table's columns."""
-    from training.encoder import encoder_description
-    from training.features import encoder_graph
-
-    info = encoder_description(None)
-    info |= encoder_graph(info)
-    summary = {"encoder": info, "item_columns": {"text": ["title"], "numeric": []}}
-    (repo / "data" / "features_summary.json").write_text(json.dumps(summary))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -195,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         import shutil
 
         work = Path(shutil.copytree(repo, Path(tmp) / "repo"))
-        add_summary(work)
+        add_encoder_summary(work / "data")
         lines = run(work, model, Path(tmp) / "events.db", args)
     print("\n".join(lines))
     return 0

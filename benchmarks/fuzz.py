@@ -52,6 +52,7 @@ from hypothesis import strategies as st
 from tqdm import tqdm
 
 from benchmarks.fuzz_cases import MALFORMED, OVERSIZE, Case, ItemColumns, all_cases
+from benchmarks.synthetic import add_encoder_summary
 from core import schema
 from serving.api.tailrank.v1 import ranking_pb2, ranking_pb2_grpc
 from serving.config import ServerConfig
@@ -89,19 +90,6 @@ def item_columns(features: Path) -> ItemColumns | None:
     if not summary.get("encoder", {}).get("graph") or not columns.get("text"):
         return None
     return ItemColumns(tuple(columns["text"]), tuple(columns.get("numeric", ())))
-
-
-def add_encoder_summary(features: Path) -> None:
-    """Let a server upsert into the synthetic shop (which has no features step): the
-    summary the step would write, with the default sentence encoder's ONNX graph and the
-    title as the one text column (the shop's vectors are random; upserted ones are not)."""
-    from training.encoder import encoder_description
-    from training.features import encoder_graph
-
-    info = encoder_description(None)
-    summary = {"encoder": {**info, **encoder_graph(info)},
-               "item_columns": {"text": [schema.TITLE], "numeric": []}}  # fmt: skip
-    (features / schema.FEATURES_SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
 
 
 def writable_copy(repo: Path, fs_yaml: Path | None, tmp: Path) -> tuple[Path, Path | None]:

@@ -69,8 +69,6 @@ def build_synthetic(
     A setup already built in ``tmp`` (same sizes) is reused."""
     import shutil
 
-    from training.feast_repo import materialize_repo
-
     repo, model = tmp / "feature_repo", tmp / "model"
     stamp = tmp / "setup.json"
     want = {"items": n_items, "users": n_users, "new_share": new_share, "user_view": 2}
@@ -78,13 +76,37 @@ def build_synthetic(
         return repo, model
     shutil.rmtree(repo, ignore_errors=True)
     shutil.rmtree(model, ignore_errors=True)
-    (repo / "data").mkdir(parents=True)
-    model.mkdir()
-    for file in [*(ROOT / "feature_repo").glob("*.py"), ROOT / "feature_repo/feature_store.yaml"]:
-        shutil.copy2(file, repo / file.name)
-    synthetic_features(repo / "data", n_items, n_users, hist=50)
-    materialize_repo(repo, repo / "feature_store.yaml", repo / "data")
+    model.mkdir(parents=True)
+    materialized_repo(repo, lambda data: synthetic_features(data, n_items, n_users, hist=50))
     items = [f"i{k}" for k in range(n_items - round(n_items * new_share))]
     synthetic_model(model, items, [f"u{k}" for k in range(n_users)])
     stamp.write_text(json.dumps(want))
     return repo, model
+
+
+def materialized_repo(repo: Path, write_features) -> Path:
+    """A copy of feature_repo/'s definitions at ``repo`` whose ``data/`` ``write_features``
+    fills with the Feast sources, applied and materialized (SQLite); returns ``repo``."""
+    import shutil
+
+    from training.feast_repo import materialize_repo
+
+    (repo / "data").mkdir(parents=True)
+    for file in [*(ROOT / "feature_repo").glob("*.py"), ROOT / "feature_repo/feature_store.yaml"]:
+        shutil.copy2(file, repo / file.name)
+    write_features(repo / "data")
+    materialize_repo(repo, repo / "feature_store.yaml", repo / "data")
+    return repo
+
+
+def add_encoder_summary(features: Path) -> None:
+    """Let a server upsert into the synthetic shop (which has no features step): the
+    summary the step would write, with the default sentence encoder's ONNX graph and the
+    title as the one text column (the shop's vectors are random; upserted ones are not)."""
+    from training.encoder import encoder_description
+    from training.features import encoder_graph
+
+    info = encoder_description(None)
+    summary = {"encoder": {**info, **encoder_graph(info)},
+               "item_columns": {"text": [schema.TITLE], "numeric": []}}  # fmt: skip
+    (features / schema.FEATURES_SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
